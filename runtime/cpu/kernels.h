@@ -45,8 +45,9 @@ void layer_norm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, c
 void rms_norm(const Tensor& x, double eps, Tensor& normed, Tensor& rstd);
 void rms_norm_backward(const Tensor& x, const Tensor& rstd, const Tensor& gnormed, Tensor& gx);
 
-// rotary.cc: x [B, H, L, D]; cos/sin [Bc, L, D] with Bc 1 or B. sign -1 rotates backwards.
-void rotary(const Tensor& x, const Tensor& cos, const Tensor& sin, ops::RotaryStyle style, double sign, Tensor& y);
+// rotary.cc: x [B, H, L, D]; cos/sin [Bc, L, D] with Bc 1 or B (f32/f64 like x). `transpose`
+// applies the transposed rotation: the backward of the forward one.
+void rotary(const Tensor& x, const Tensor& cos, const Tensor& sin, ops::RotaryStyle style, bool transpose, Tensor& y);
 
 // attention.cc: q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D], mask [B, Lk] u8/bool or undefined.
 struct AttentionShape {
