@@ -1,8 +1,8 @@
 #include "runtime/optim/adamw.h"
 
-#include <cmath>
-
 #include <glog/logging.h>
+
+#include <cmath>
 
 #include "runtime/autograd.h"
 #include "runtime/cpu/adamw.h"
@@ -15,9 +15,7 @@ namespace {
 
 // The checks torch.optim.AdamW.__init__ makes (written so that NaN fails them too).
 void check_lr(double lr) { BVLLM_REQUIRE(lr >= 0.0, "AdamW: invalid learning rate ", lr, " (expected >= 0)"); }
-void check_weight_decay(double wd) {
-  BVLLM_REQUIRE(wd >= 0.0, "AdamW: invalid weight_decay ", wd, " (expected >= 0)");
-}
+void check_weight_decay(double wd) { BVLLM_REQUIRE(wd >= 0.0, "AdamW: invalid weight_decay ", wd, " (expected >= 0)"); }
 void check_options(const AdamWOptions& o) {
   check_lr(o.lr);
   BVLLM_REQUIRE(o.eps >= 0.0, "AdamW: invalid eps ", o.eps, " (expected >= 0)");
@@ -26,9 +24,7 @@ void check_options(const AdamWOptions& o) {
   check_weight_decay(o.weight_decay);
 }
 
-bool supported_dtype(DType t) {
-  return t == DType::F32 || t == DType::F64 || t == DType::BF16 || t == DType::F16;
-}
+bool supported_dtype(DType t) { return t == DType::F32 || t == DType::F64 || t == DType::BF16 || t == DType::F16; }
 
 // Moments (and master) are f32 for half params, else the param's dtype.
 DType state_dtype(DType param) { return is_half(param) ? DType::F32 : param; }
@@ -113,8 +109,7 @@ void AdamW::update(Slot& slot, const Group& group) {
     }
     case DType::F64: {
       const Tensor g = grad.to(DType::F64).contiguous();
-      cpu::adamw(param.data<double>(), g.data<double>(), st.exp_avg.data<double>(), st.exp_avg_sq.data<double>(),
-                 n, s);
+      cpu::adamw(param.data<double>(), g.data<double>(), st.exp_avg.data<double>(), st.exp_avg_sq.data<double>(), n, s);
       break;
     }
     case DType::BF16: {
@@ -183,22 +178,22 @@ double AdamW::weight_decay(size_t group) const {
   return groups_[group].weight_decay;
 }
 
-AdamW::Slot& AdamW::slot(const Tensor& param, const char* what) {
+size_t AdamW::slot_of(const Tensor& param, const char* what) const {
   BVLLM_REQUIRE(param.defined(), "AdamW::", what, ": undefined parameter");
   auto it = slot_index_.find(param.impl());
   BVLLM_REQUIRE(it != slot_index_.end(), "AdamW::", what, ": tensor ", shape_str(param.shape()),
                 " is not a parameter of this optimizer");
-  return slots_[it->second];
+  return it->second;
 }
 
 const AdamWState* AdamW::state(const Tensor& param) const {
-  const Slot& s = const_cast<AdamW*>(this)->slot(param, "state");
+  const Slot& s = slots_[slot_of(param, "state")];
   return s.state.exp_avg.defined() ? &s.state : nullptr;
 }
 
 void AdamW::load_state(const Tensor& param, const AdamWState& state) {
   NoGradGuard no_grad;
-  Slot& s = slot(param, "load_state");
+  Slot& s = slots_[slot_of(param, "load_state")];
   const Shape& shape = s.param.shape();
   const DType sdt = state_dtype(s.param.dtype());
   BVLLM_REQUIRE(state.step >= 0, "AdamW::load_state: step ", state.step, " is negative");
@@ -222,9 +217,8 @@ void AdamW::load_state(const Tensor& param, const AdamWState& state) {
       loaded.master = copy_as(s.param, DType::F32);
     }
   } else {
-    BVLLM_REQUIRE(!state.master.defined(), "AdamW::load_state: a master copy is only kept for bf16/f16 "
-                                           "parameters, this one is ",
-                  dtype_name(s.param.dtype()));
+    BVLLM_REQUIRE(!state.master.defined(), "AdamW::load_state: got a master copy for a ", dtype_name(s.param.dtype()),
+                  " parameter (only bf16/f16 parameters have one)");
   }
   s.state = std::move(loaded);
 }

@@ -91,7 +91,7 @@ class AdamW {
     AdamWState state;
   };
 
-  Slot& slot(const Tensor& param, const char* what);
+  size_t slot_of(const Tensor& param, const char* what) const;  // throws for strangers
   void update(Slot& slot, const Group& group);
 
   AdamWOptions options_;
