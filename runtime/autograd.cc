@@ -21,7 +21,8 @@ class FunctionNode final : public Node {
       : name_(name), fn_(std::move(fn)), needs_(std::move(needs)) {}
 
   std::vector<Tensor> apply(std::vector<Tensor>& grads) override {
-    CHECK(fn_) << name_ << ": backward ran twice (its saved tensors were already freed)";
+    BVLLM_REQUIRE(fn_, "backward through ", name_,
+                  " a second time: its saved tensors were freed by the first backward");
     GradContext ctx(grads, needs_);
     std::vector<Tensor> out = fn_(ctx);
     CHECK_EQ(out.size(), next_edges.size()) << name_ << ": backward returned the wrong number of grads";

@@ -1,0 +1,106 @@
+#!/usr/bin/python3
+"""PyTorch timings of the bvllm_bench CPU cases, same work, same thread count, same JSON lines.
+
+  /usr/bin/python3 tests/reference/bench_torch.py [--case all|matmul_cpu|block_train_cpu] [--iters N] [--threads N]
+
+block_train_cpu is one forward+backward+AdamW step of a Qwen2 decoder layer written as
+transformers' modeling_qwen2.py computes it (PyTorch 1.13 has no fused SDPA on the CPU, so
+attention is matmul-softmax-matmul, which is also what transformers' eager path does).
+"""
+import argparse
+import json
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def timed(work, warmup, iters):
+    for _ in range(warmup):
+        work()
+    ms = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        work()
+        ms.append((time.perf_counter() - start) * 1e3)
+    return ms
+
+
+def report(name, ms, **extra):
+    line = {"case": name, "median_ms": statistics.median(ms), "min_ms": min(ms), "iters": len(ms),
+            "threads": torch.get_num_threads(), "impl": f"pytorch {torch.__version__}"}
+    line.update(extra)
+    print(json.dumps(line), flush=True)
+
+
+def matmul_cpu(args):
+    n = 1024
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    with torch.no_grad():
+        ms = timed(lambda: torch.matmul(a, b), args.warmup, args.iters)
+    report("matmul_cpu", ms, gflops=2 * n ** 3 / (statistics.median(ms) * 1e6))
+
+
+def block_train_cpu(args):
+    hidden, heads, kv_heads, ffn, batch, seq, eps, theta = 512, 8, 2, 1408, 4, 256, 1e-6, 1e6
+    hd = hidden // heads
+
+    def p(*shape, std=0.02):
+        return (torch.randn(*shape) * std).requires_grad_(True)
+
+    w = {"ln1": torch.ones(hidden, requires_grad=True), "wq": p(hidden, hidden), "bq": p(hidden, std=0.0),
+         "wk": p(kv_heads * hd, hidden), "bk": p(kv_heads * hd, std=0.0), "wv": p(kv_heads * hd, hidden),
+         "bv": p(kv_heads * hd, std=0.0), "wo": p(hidden, hidden), "ln2": torch.ones(hidden, requires_grad=True),
+         "wg": p(ffn, hidden), "wu": p(ffn, hidden), "wd": p(hidden, ffn)}
+    opt = torch.optim.AdamW(list(w.values()), lr=1e-4)
+    x, g = torch.randn(batch, seq, hidden), torch.randn(batch, seq, hidden)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
+    freqs = torch.arange(seq).float()[:, None] * inv_freq
+    cos, sin = torch.cat((freqs, freqs), -1).cos(), torch.cat((freqs, freqs), -1).sin()
+    causal = torch.ones(seq, seq, dtype=torch.bool).tril()
+
+    def rms(t, weight):
+        t32 = t.float()
+        return weight * (t32 * torch.rsqrt(t32.pow(2).mean(-1, keepdim=True) + eps)).to(t.dtype)
+
+    def rot(t):
+        return t * cos + torch.cat((-t[..., hd // 2:], t[..., : hd // 2]), -1) * sin
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        h = rms(x, w["ln1"])
+        q = F.linear(h, w["wq"], w["bq"]).view(batch, seq, heads, hd).transpose(1, 2)
+        k = F.linear(h, w["wk"], w["bk"]).view(batch, seq, kv_heads, hd).transpose(1, 2)
+        v = F.linear(h, w["wv"], w["bv"]).view(batch, seq, kv_heads, hd).transpose(1, 2)
+        q, k = rot(q), rot(k)
+        k, v = k.repeat_interleave(heads // kv_heads, 1), v.repeat_interleave(heads // kv_heads, 1)
+        s = (q @ k.transpose(2, 3)) / math.sqrt(hd)
+        a = F.softmax(s.masked_fill(~causal, float("-inf")), dim=-1) @ v
+        r = x + F.linear(a.transpose(1, 2).reshape(batch, seq, hidden), w["wo"])
+        m = rms(r, w["ln2"])
+        y = r + F.linear(F.silu(F.linear(m, w["wg"])) * F.linear(m, w["wu"]), w["wd"])
+        (y * g).sum().backward()
+        opt.step()
+
+    report("block_train_cpu", timed(step, args.warmup, args.iters), tokens=batch * seq)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--case", default="all")
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    for name, fn in (("matmul_cpu", matmul_cpu), ("block_train_cpu", block_train_cpu)):
+        if args.case in ("all", name):
+            fn(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+#include "tools/bench/bench.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <nlohmann/json.hpp>
+
+namespace bvllm::bench {
+
+std::vector<double> time_ms(const Options& options, const std::function<void()>& work) {
+  for (int i = 0; i < options.warmup; ++i) work();
+  std::vector<double> ms;
+  for (int i = 0; i < options.iters; ++i) {
+    auto start = std::chrono::steady_clock::now();
+    work();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+  }
+  return ms;
+}
+
+std::string to_json(const Result& result) {
+  std::vector<double> sorted = result.ms;
+  std::sort(sorted.begin(), sorted.end());
+  const size_t n = sorted.size();
+  const double median = n == 0 ? 0 : (n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]));
+  nlohmann::ordered_json j;
+  j["case"] = result.name;
+  j["median_ms"] = median;
+  j["min_ms"] = n ? sorted.front() : 0.0;
+  j["iters"] = n;
+  j["threads"] = omp_get_max_threads();
+  for (const auto& [key, value] : result.extra) j[key] = value;
+  return j.dump();
+}
+
+}  // namespace bvllm::bench

@@ -1,0 +1,36 @@
+// bvllm_bench cases: each times one unit of work and reports one JSON line.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace bvllm::bench {
+
+struct Options {
+  int warmup = 2;
+  int iters = 10;
+};
+
+struct Result {
+  std::string name;
+  std::vector<double> ms;               // one per timed iteration
+  std::map<std::string, double> extra;  // case-specific figures (gflops, peak bytes, ...)
+};
+
+struct Case {
+  std::string name;
+  std::string what;  // one line for --list
+  std::function<Result(const Options&)> run;
+};
+
+const std::vector<Case>& cases();
+
+// Runs `work` warmup + iters times and records the timed iterations in milliseconds.
+std::vector<double> time_ms(const Options& options, const std::function<void()>& work);
+
+// {"case":..., "median_ms":..., "min_ms":..., "iters":..., "threads":..., extra...}
+std::string to_json(const Result& result);
+
+}  // namespace bvllm::bench

@@ -1,0 +1,44 @@
+// bvllm_bench: speed (and, for GPU cases, memory) of kernels and training steps. One JSON line
+// per case, so runs can be compared and recorded in docs/benchmarks.md.
+//
+//   build/bin/bvllm_bench --case=block_train_cpu --iters=20
+//   build/bin/bvllm_bench --list
+#include <gflags/gflags.h>
+#include <glog/logging.h>
+#include <omp.h>
+
+#include <iostream>
+
+#include "runtime/error.h"
+#include "tools/bench/bench.h"
+
+DEFINE_string(case, "all", "case to run (see --list), or 'all'");
+DEFINE_int32(iters, 10, "timed iterations per case");
+DEFINE_int32(warmup, 2, "untimed iterations before timing");
+DEFINE_int32(threads, 0, "CPU threads (0: OpenMP's default, i.e. OMP_NUM_THREADS or all cores)");
+DEFINE_bool(list, false, "list the cases and exit");
+
+int main(int argc, char** argv) {
+  gflags::SetUsageMessage("bvllm_bench --case=NAME [--iters=N] [--threads=N]");
+  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  google::InitGoogleLogging(argv[0]);
+  using bvllm::bench::cases;
+  if (FLAGS_list) {
+    for (const auto& c : cases()) std::cout << c.name << "\t" << c.what << "\n";
+    return 0;
+  }
+  if (FLAGS_threads > 0) omp_set_num_threads(FLAGS_threads);
+  try {
+    bool found = false;
+    for (const auto& c : cases()) {
+      if (FLAGS_case != "all" && FLAGS_case != c.name) continue;
+      found = true;
+      std::cout << bvllm::bench::to_json(c.run({.warmup = FLAGS_warmup, .iters = FLAGS_iters})) << std::endl;
+    }
+    BVLLM_REQUIRE(found, "unknown case '", FLAGS_case, "' (see --list)");
+  } catch (const bvllm::Error& e) {
+    std::cerr << "bvllm_bench: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
