@@ -89,9 +89,9 @@ Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin, RotaryStyle
 
 // --- attention (runtime/ops/attention.cc) ----------------------------------------------------
 struct AttentionOptions {
-  bool causal = false;          // query i sees keys j <= i + (Lk - Lq) (bottom-right, as with a KV cache)
-  Tensor key_padding_mask;      // optional bool [B, Lk]: true = attend
-  std::optional<double> scale;  // default 1/sqrt(D)
+  bool causal = false;               // query i sees keys j <= i + (Lk - Lq) (bottom-right, as with a KV cache)
+  Tensor key_padding_mask = {};      // optional bool [B, Lk]: true = attend
+  std::optional<double> scale = {};  // default 1/sqrt(D)
 };
 // q [B, Hq, Lq, D]; k, v [B, Hkv, Lk, D] with Hq % Hkv == 0 (query head h uses kv head h/(Hq/Hkv)).
 // Computed blockwise with an online softmax: memory grows with L, not L^2, per head.

@@ -59,11 +59,14 @@ TEST(OpsParity, Elementwise) {
   check("gelu", [](const Inputs& x) { return ops::gelu(x[0]); });
   check("gelu_tanh", [](const Inputs& x) { return ops::gelu(x[0], ops::GeluApprox::Tanh); });
   check("relu", [](const Inputs& x) { return ops::relu(x[0]); });
+  check("neg", [](const Inputs& x) { return ops::neg(x[0]); });
+  check("scalar_affine", [](const Inputs& x) { return ops::rsub(2.5, x[0] * 3.0 + 0.5); });
 }
 
 TEST(OpsParity, Reductions) {
   check("sum_dims", [](const Inputs& x) { return ops::sum(x[0], {0, 2}); });
   check("mean_keepdim", [](const Inputs& x) { return ops::mean(x[0], {1}, true); });
+  check("mean_all", [](const Inputs& x) { return ops::mean(x[0]); });
   check("max_dim", [](const Inputs& x) { return ops::max(x[0], 1); });
   check("softmax", [](const Inputs& x) { return ops::softmax(x[0], -1); });
   check("softmax_dim0", [](const Inputs& x) { return ops::softmax(x[0], 0); });
@@ -113,6 +116,8 @@ TEST(OpsParity, JoiningAndIndexing) {
   check("index_select", [](const Inputs& x) { return ops::index_select(x[0], 0, x[1]); });
   check("gather", [](const Inputs& x) { return ops::gather(x[0], 1, x[1]); });
   check("where", [](const Inputs& x) { return ops::where(x[0], x[1], x[2]); });
+  check("masked_fill", [](const Inputs& x) { return ops::masked_fill(x[0], x[1], -2.0); });
+  check("split", [](const Inputs& x) { return ops::split(x[0], {2, 3}, 1)[1]; });
   check("topk", [](const Inputs& x) { return ops::topk(x[0], 3, -1).values; });
   check("cosine_similarity", [](const Inputs& x) { return ops::cosine_similarity(x[0], x[1], -1); });
   check("bicubic", [](const Inputs& x) { return ops::interpolate_bicubic(x[0], 7, 5); });
