@@ -37,7 +37,7 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config git clang-format python3
   # runtime: BLAS (the OpenMP build shares our thread pool), logging, flags, tests, JSON
   libopenblas-openmp-dev libgoogle-glog-dev libgflags-dev libgtest-dev nlohmann-json3-dev
-  # recipes, checkpoints manifests, data samples
+  # protobuf: recipes, checkpoint manifests, data samples
   libprotobuf-dev protobuf-compiler
   # data: LMDB shards, video decode, JPEG, tokenizer regex and Unicode normalization
   liblmdb-dev libavformat-dev libavcodec-dev libswscale-dev libavutil-dev
@@ -47,7 +47,8 @@ packages=(
 )
 
 # --- packages ---------------------------------------------------------------------------------
-[[ -r /etc/debian_version ]] || die "tools/setup.sh expects Debian 12 (bookworm); install the packages listed in it by hand"
+[[ -r /etc/debian_version ]] ||
+  die "this script expects Debian 12 (bookworm); elsewhere install the packages listed in it by hand"
 installed=$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "${packages[@]}" 2>/dev/null || true)
 missing=()
 for p in "${packages[@]}"; do
@@ -65,6 +66,7 @@ else
   say "installing ${#missing[@]} packages: ${missing[*]}"
   apt_log=$(mktemp -t bvllm-setup-apt.XXXXXX.log)
   quietly "$apt_log" "${sudo[@]}" apt-get update
+  # Without recommends: libopenmpi-dev's would pull in gfortran and coarrays.
   quietly "$apt_log" "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
   rm -f "$apt_log"
 fi
