@@ -26,6 +26,12 @@ TEST(Tensor, EmptyHasContiguousStrides) {
   EXPECT_EQ(t.size(-1), 4);
 }
 
+TEST(Tensor, EmptyTensorsAreContiguous) {
+  EXPECT_TRUE(Tensor::empty({4, 0}).is_contiguous());
+  EXPECT_TRUE(Tensor::empty({0, 3}).transpose(0, 1).is_contiguous());
+  EXPECT_EQ(Tensor::empty({4, 0}).contiguous().numel(), 0);
+}
+
 TEST(Tensor, EveryDtypeRoundTripsThroughCast) {
   Tensor src = Tensor::from<float>({-2.0f, 0.0f, 1.0f, 3.0f});
   for (DType d : {DType::F32, DType::F64, DType::BF16, DType::F16, DType::I32, DType::I64}) {
