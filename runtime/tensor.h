@@ -47,12 +47,17 @@ class Tensor {
 
   // Uninitialized contiguous tensor.
   static Tensor empty(const Shape& shape, DType dtype = DType::F32, Device device = Device::cpu());
-  // A CPU tensor holding `values` (copied), shaped `shape` (1-D when omitted).
+  // A CPU tensor holding `values` (copied), shaped `shape`; 1-D when omitted (scalar() makes 0-d).
   template <typename T>
   static Tensor from(std::span<const T> values, Shape shape = {});
   template <typename T>
   static Tensor from(std::initializer_list<T> values, Shape shape = {}) {
     return from(std::span<const T>(values.begin(), values.size()), std::move(shape));
+  }
+  // A 0-d CPU tensor holding `value`.
+  template <typename T>
+  static Tensor scalar(T value) {
+    return from(std::span<const T>(&value, 1), Shape{1}).reshape({});
   }
   // A view of existing storage.
   static Tensor from_storage(std::shared_ptr<Storage> storage, DType dtype, Shape shape, Shape strides, int64_t offset);

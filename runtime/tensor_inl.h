@@ -7,7 +7,7 @@ namespace bvllm {
 
 template <typename T>
 Tensor Tensor::from(std::span<const T> values, Shape shape) {
-  if (shape.empty() && values.size() != 1) shape = {static_cast<int64_t>(values.size())};
+  if (shape.empty()) shape = {static_cast<int64_t>(values.size())};
   BVLLM_REQUIRE(bvllm::numel(shape) == static_cast<int64_t>(values.size()), "Tensor::from: ", values.size(),
                 " values do not fill shape ", shape_str(shape));
   Tensor t = empty(shape, dtype_of<T>());

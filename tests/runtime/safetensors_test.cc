@@ -102,7 +102,7 @@ TEST_F(Safetensors, RoundTripsEveryDtypeWithScalarsEmptyAndStridedTensors) {
       {"i64", Tensor::from<int64_t>({int64_t{1} << 40, -3})},
       {"u8", Tensor::from<uint8_t>({0, 255, 17})},
       {"bool", Tensor::from<bool>({true, false, true, true})},
-      {"scalar", Tensor::from<float>({42.0f}, {})},
+      {"scalar", Tensor::scalar<float>(42.0f)},
       {"empty", Tensor::empty({0, 3}, DType::BF16)},
       {"empty_i64", Tensor::empty({4, 0}, DType::I64)},
       // Non-contiguous inputs: a transpose and a strided slice.
@@ -430,7 +430,7 @@ TEST_F(Safetensors, ValidDtypesThatBvllmLacksOpenButDoNotLoad) {
 TEST_F(Safetensors, NeverCrashesOnTruncatedOrCorruptedFiles) {
   save_safetensors(path("good.safetensors"), {{"a", Tensor::from<float>({1, 2, 3})},
                                               {"b", Tensor::from<bool>({true, false})},
-                                              {"c", Tensor::from<int64_t>({5}, {})},
+                                              {"c", Tensor::scalar<int64_t>(5)},
                                               {"d", Tensor::from<bf16>({bf16{1}, bf16{2}})}});
   const std::string good = read_raw(path("good.safetensors"));
   for (size_t len = 0; len < good.size(); ++len) {
