@@ -38,6 +38,14 @@ int normalize_dim(int64_t dim, int64_t rank, const char* op) {
   return static_cast<int>(d);
 }
 
+DimSplit split_at(const Shape& shape, int dim) {
+  DimSplit s;
+  for (int i = 0; i < dim; ++i) s.outer *= shape[i];
+  s.size = shape[dim];
+  for (size_t i = dim + 1; i < shape.size(); ++i) s.inner *= shape[i];
+  return s;
+}
+
 Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
   size_t rank = std::max(a.size(), b.size());
   Shape out(rank);

@@ -8,20 +8,8 @@
 
 namespace bvllm::cpu {
 
-namespace {
-struct Around {
-  int64_t outer = 1, inner = 1;
-};
-Around around(const Shape& shape, int dim) {
-  Around a;
-  for (int i = 0; i < dim; ++i) a.outer *= shape[i];
-  for (size_t i = dim + 1; i < shape.size(); ++i) a.inner *= shape[i];
-  return a;
-}
-}  // namespace
-
 void index_select(const Tensor& a, int dim, const Tensor& index, Tensor& out) {
-  Around s = around(a.shape(), dim);
+  DimSplit s = split_at(a.shape(), dim);
   const int64_t n_in = a.shape()[dim], n_idx = index.numel();
   const int64_t* ip = index.data<int64_t>();
   const size_t es = dtype_size(a.dtype()), chunk = static_cast<size_t>(s.inner) * es;
@@ -33,7 +21,7 @@ void index_select(const Tensor& a, int dim, const Tensor& index, Tensor& out) {
 }
 
 void index_add(Tensor& out, int dim, const Tensor& index, const Tensor& src) {
-  Around s = around(out.shape(), dim);
+  DimSplit s = split_at(out.shape(), dim);
   const int64_t n_out = out.shape()[dim], n_idx = index.numel();
   const int64_t* ip = index.data<int64_t>();
   visit_float(out.dtype(), [&]<typename T>() {
@@ -47,7 +35,7 @@ void index_add(Tensor& out, int dim, const Tensor& index, const Tensor& src) {
 }
 
 void gather(const Tensor& a, int dim, const Tensor& index, Tensor& out) {
-  Around s = around(index.shape(), dim);
+  DimSplit s = split_at(index.shape(), dim);
   const int64_t n_in = a.shape()[dim], n_idx = index.shape()[dim];
   const int64_t* ip = index.data<int64_t>();
   visit_dtype(a.dtype(), [&]<typename T>() {

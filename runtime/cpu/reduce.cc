@@ -58,11 +58,7 @@ void max_dim(const Tensor& x, int64_t outer, int64_t n, int64_t inner, Tensor& v
 
 void scatter_add(Tensor& out, int dim, const Tensor& index, const Tensor& src) {
   // out[..., index[..., j, ...], ...] += src[..., j, ...] along `dim`; all contiguous.
-  const Shape& shape = index.shape();
-  int64_t outer = 1, inner = 1;
-  for (int i = 0; i < dim; ++i) outer *= shape[i];
-  for (size_t i = dim + 1; i < shape.size(); ++i) inner *= shape[i];
-  const int64_t n_idx = shape[dim];
+  const auto [outer, n_idx, inner] = split_at(index.shape(), dim);
   const int64_t n_out = out.shape()[dim];
   visit_float(out.dtype(), [&]<typename T>() {
     T* op = out.data<T>();

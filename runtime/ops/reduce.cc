@@ -8,25 +8,13 @@ namespace bvllm::ops {
 
 namespace {
 
-// Sizes of the dims before, at and after `dim`: a contiguous tensor is [outer, n, inner].
-struct Split3 {
-  int64_t outer = 1, n = 1, inner = 1;
-};
-Split3 split3(const Shape& shape, int d) {
-  Split3 s;
-  for (int i = 0; i < d; ++i) s.outer *= shape[i];
-  s.n = shape[d];
-  for (size_t i = d + 1; i < shape.size(); ++i) s.inner *= shape[i];
-  return s;
-}
-
 Tensor sum_one_dim(const Tensor& a, int d) {
   Tensor x = a.contiguous();
-  Split3 s = split3(x.shape(), d);
+  DimSplit s = split_at(x.shape(), d);
   Shape out_shape = x.shape();
   out_shape[d] = 1;
   Tensor out = Tensor::empty(out_shape, x.dtype(), x.device());
-  cpu::sum_dim(x, s.outer, s.n, s.inner, out);
+  cpu::sum_dim(x, s.outer, s.size, s.inner, out);
   return out;
 }
 
@@ -76,12 +64,12 @@ std::pair<Tensor, Tensor> max_with_indices(const Tensor& a, int64_t dim, bool ke
   BVLLM_REQUIRE(a.dim() > 0 && a.shape()[d] > 0, op, ": cannot reduce an empty dim");
   Tensor x = is_floating(a.dtype()) && a.dtype() != DType::F64 ? a.detach().to(DType::F32).contiguous()
                                                                : a.detach().to(DType::F64).contiguous();
-  Split3 s = split3(x.shape(), d);
+  DimSplit s = split_at(x.shape(), d);
   Shape out_shape = x.shape();
   out_shape[d] = 1;
   Tensor values = Tensor::empty(out_shape, x.dtype());
   Tensor indices = Tensor::empty(out_shape, DType::I64);
-  cpu::max_dim(x, s.outer, s.n, s.inner, values, indices);
+  cpu::max_dim(x, s.outer, s.size, s.inner, values, indices);
   if (!keepdim) {
     values = values.squeeze(d);
     indices = indices.squeeze(d);
