@@ -20,10 +20,12 @@ Tensor zeros_like(const Tensor& t);
 Tensor ones_like(const Tensor& t);
 Tensor arange(double start, double end, double step = 1.0, DType dtype = DType::I64);
 // Philox draws keyed by the generator's (seed, offset): the same values however work is split.
-Tensor uniform(const Shape& shape, Generator& gen, double low = 0.0, double high = 1.0, DType dtype = DType::F32);
-Tensor normal(const Shape& shape, Generator& gen, double mean = 0.0, double std = 1.0, DType dtype = DType::F32);
+Tensor uniform(const Shape& shape, Generator& gen, double low = 0.0, double high = 1.0, DType dtype = DType::F32,
+               Device device = Device::cpu());
+Tensor normal(const Shape& shape, Generator& gen, double mean = 0.0, double std = 1.0, DType dtype = DType::F32,
+              Device device = Device::cpu());
 // Standard Gumbel noise -log(E), E ~ Exp(1) (as torch.nn.functional.gumbel_softmax draws it).
-Tensor gumbel(const Shape& shape, Generator& gen, DType dtype = DType::F32);
+Tensor gumbel(const Shape& shape, Generator& gen, DType dtype = DType::F32, Device device = Device::cpu());
 
 // --- elementwise (runtime/ops/elementwise.cc) -----------------------------------------------
 // Binary ops broadcast; both operands must share dtype and device.

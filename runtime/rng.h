@@ -7,15 +7,12 @@
 #include <array>
 #include <cstdint>
 
+#include "runtime/philox.h"  // defines: philox4x32_10, philox_block, uniform_from_u32
+
 namespace bvllm {
 
 // Philox4x32-10 on counter (c0..c3) with key (k0, k1).
 std::array<uint32_t, 4> philox4x32(std::array<uint32_t, 4> counter, std::array<uint32_t, 2> key);
-
-// Uniform in (0, 1], as curand_uniform converts: x * 2^-32 + 2^-33.
-inline float uniform_from_u32(uint32_t x) {
-  return static_cast<float>(x) * 2.3283064365386963e-10f + 1.1641532182693481e-10f;
-}
 
 // (seed, stream) pick an independent sequence; offset counts consumed 128-bit blocks.
 struct Generator {

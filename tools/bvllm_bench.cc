@@ -2,6 +2,7 @@
 // per case, so runs can be compared and recorded in docs/benchmarks.md.
 //
 //   build/bin/bvllm_bench --case=block_train_cpu --iters=20
+//   build/bin/bvllm_bench --case=gpu          # the GPU cases (bf16 GEMM, attention, 7B-layer step)
 //   build/bin/bvllm_bench --list
 #include <gflags/gflags.h>
 #include <glog/logging.h>
@@ -9,17 +10,18 @@
 
 #include <iostream>
 
+#include "runtime/cuda/backend.h"
 #include "runtime/error.h"
 #include "tools/bench/bench.h"
 
-DEFINE_string(case, "all", "case to run (see --list), or 'all'");
+DEFINE_string(case, "all", "case to run (see --list), or a group: cpu, gpu, all (gpu cases need a GPU)");
 DEFINE_int32(iters, 10, "timed iterations per case");
 DEFINE_int32(warmup, 2, "untimed iterations before timing");
 DEFINE_int32(threads, 0, "CPU threads (0: OpenMP's default, i.e. OMP_NUM_THREADS or all cores)");
 DEFINE_bool(list, false, "list the cases and exit");
 
 int main(int argc, char** argv) {
-  gflags::SetUsageMessage("bvllm_bench --case=NAME [--iters=N] [--threads=N]");
+  gflags::SetUsageMessage("bvllm_bench --case=NAME|cpu|gpu|all [--iters=N] [--warmup=N] [--threads=N]");
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   google::InitGoogleLogging(argv[0]);
   using bvllm::bench::cases;
@@ -31,7 +33,10 @@ int main(int argc, char** argv) {
   try {
     bool found = false;
     for (const auto& c : cases()) {
-      if (FLAGS_case != "all" && FLAGS_case != c.name) continue;
+      const bool gpu = c.name.ends_with("_gpu");
+      const bool selected = FLAGS_case == c.name || (FLAGS_case == "cpu" && !gpu) || (FLAGS_case == "gpu" && gpu) ||
+                            (FLAGS_case == "all" && (!gpu || bvllm::cuda::available()));
+      if (!selected) continue;
       found = true;
       std::cout << bvllm::bench::to_json(c.run({.warmup = FLAGS_warmup, .iters = FLAGS_iters})) << std::endl;
     }

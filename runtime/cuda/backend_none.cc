@@ -12,7 +12,12 @@ namespace {
 }
 }  // namespace
 
+MemoryStats memory_stats(int) { return {}; }
+void reset_peak_memory(int) {}
+void empty_cache(int) {}
+void set_poison_allocations(bool) {}
 bool available() { return false; }
+void synchronize(int) { no_cuda("cuda::synchronize"); }
 int device_count() { return 0; }
 void* device_malloc(size_t, int) { no_cuda("cuda::device_malloc"); }
 void device_free(void*, int) {}

@@ -1,7 +1,6 @@
 // scaled_dot_product_attention: argument checks and autograd around the blockwise kernels.
 #include <cmath>
 
-#include "runtime/cpu/kernels.h"
 #include "runtime/ops/common.h"
 
 namespace bvllm::ops {
@@ -24,6 +23,8 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
     const Tensor& m = options.key_padding_mask;
     BVLLM_REQUIRE(m.dim() == 2 && m.size(0) == k.size(0) && m.size(1) == k.size(2), op, ": key_padding_mask must be [",
                   k.size(0), ", ", k.size(2), "], got ", shape_str(m.shape()));
+    BVLLM_REQUIRE(m.device() == q.device(), op, ": key_padding_mask is on ", m.device().str(), ", q on ",
+                  q.device().str());
     mask = m.to(DType::Bool).contiguous();
   }
   const double scale = options.scale.value_or(1.0 / std::sqrt(static_cast<double>(q.size(3))));
@@ -32,18 +33,18 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
     o.scale = scale;
     return scaled_dot_product_attention(q.to(DType::F32), k.to(DType::F32), v.to(DType::F32), o).to(q.dtype());
   }
-  detail::require_cpu(q, op);
   Tensor qc = q.detach().contiguous(), kc = k.detach().contiguous(), vc = v.detach().contiguous();
-  Tensor out = Tensor::empty(qc.shape(), qc.dtype());
-  Tensor lse = Tensor::empty({q.size(0), q.size(1), q.size(2)}, qc.dtype());
+  const Device device = q.device();
+  Tensor out = Tensor::empty(qc.shape(), qc.dtype(), device);
+  Tensor lse = Tensor::empty({q.size(0), q.size(1), q.size(2)}, detail::stat_dtype(qc.dtype()), device);
   const bool causal = options.causal;
-  cpu::attention_forward(qc, kc, vc, mask, causal, scale, out, lse);
+  BVLLM_KERNEL(device, attention_forward, qc, kc, vc, mask, causal, scale, out, lse);
   Tensor saved_out = out.detach();
   record("scaled_dot_product_attention", {q, k, v}, out, [=](const GradContext& ctx) {
     Tensor g = ctx.grad().contiguous();
-    Tensor gq = Tensor::empty(qc.shape(), qc.dtype());
-    Tensor gk = Tensor::empty(kc.shape(), kc.dtype()), gv = Tensor::empty(vc.shape(), vc.dtype());
-    cpu::attention_backward(qc, kc, vc, mask, causal, scale, saved_out, lse, g, gq, gk, gv);
+    Tensor gq = Tensor::empty(qc.shape(), qc.dtype(), device);
+    Tensor gk = Tensor::empty(kc.shape(), kc.dtype(), device), gv = Tensor::empty(vc.shape(), vc.dtype(), device);
+    BVLLM_KERNEL(device, attention_backward, qc, kc, vc, mask, causal, scale, saved_out, lse, g, gq, gk, gv);
     return std::vector<Tensor>{gq, gk, gv};
   });
   return out;

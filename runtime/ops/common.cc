@@ -19,8 +19,8 @@ void check_floating(const Tensor& t, const char* op) {
   BVLLM_REQUIRE(is_floating(t.dtype()), op, ": expected a floating-point tensor, got ", dtype_name(t.dtype()));
 }
 
-void require_cpu(const Tensor& t, const char* op) {
-  BVLLM_REQUIRE(t.device().is_cpu(), op, ": no CUDA kernel yet for tensors on ", t.device().str());
+void require_cpu(Device device, const char* op) {
+  BVLLM_REQUIRE(device.is_cpu(), op, ": tensor on ", device.str(), " but bvllm was built without CUDA");
 }
 
 }  // namespace bvllm::ops::detail

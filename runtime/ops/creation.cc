@@ -1,7 +1,6 @@
 // zeros/ones/full/arange and the Philox-driven random tensors.
 #include <cmath>
 
-#include "runtime/cpu/kernels.h"
 #include "runtime/ops/common.h"
 
 namespace bvllm::ops {
@@ -26,23 +25,24 @@ Tensor arange(double start, double end, double step, DType dtype) {
 }
 
 namespace {
-Tensor random(const Shape& shape, Generator& gen, DType dtype, cpu::Distribution dist, double a, double b) {
+// Draws in f32 (f64 for f64) on the target device, then casts: the same numbers on CPU and GPU.
+Tensor random(const Shape& shape, Generator& gen, DType dtype, Device device, cpu::Distribution dist, double a,
+              double b) {
   BVLLM_REQUIRE(is_floating(dtype), "random tensors must be floating point, got ", dtype_name(dtype));
-  DType compute = dtype == DType::F64 ? DType::F64 : DType::F32;
-  Tensor t = Tensor::empty(shape, compute);
-  cpu::fill_random(t, gen, dist, a, b);
+  Tensor t = Tensor::empty(shape, detail::stat_dtype(dtype), device);
+  BVLLM_KERNEL(device, fill_random, t, gen, dist, a, b);
   return t.to(dtype);
 }
 }  // namespace
 
-Tensor uniform(const Shape& shape, Generator& gen, double low, double high, DType dtype) {
-  return random(shape, gen, dtype, cpu::Distribution::Uniform, low, high);
+Tensor uniform(const Shape& shape, Generator& gen, double low, double high, DType dtype, Device device) {
+  return random(shape, gen, dtype, device, cpu::Distribution::Uniform, low, high);
 }
-Tensor normal(const Shape& shape, Generator& gen, double mean, double std, DType dtype) {
-  return random(shape, gen, dtype, cpu::Distribution::Normal, mean, std);
+Tensor normal(const Shape& shape, Generator& gen, double mean, double std, DType dtype, Device device) {
+  return random(shape, gen, dtype, device, cpu::Distribution::Normal, mean, std);
 }
-Tensor gumbel(const Shape& shape, Generator& gen, DType dtype) {
-  return random(shape, gen, dtype, cpu::Distribution::Gumbel, 0, 0);
+Tensor gumbel(const Shape& shape, Generator& gen, DType dtype, Device device) {
+  return random(shape, gen, dtype, device, cpu::Distribution::Gumbel, 0, 0);
 }
 
 Tensor cast(const Tensor& a, DType dtype) {

@@ -1,5 +1,4 @@
 // Elementwise ops: broadcasting binary arithmetic, unary functions, comparisons.
-#include "runtime/cpu/kernels.h"
 #include "runtime/ops/common.h"
 
 namespace bvllm::ops {
@@ -9,10 +8,9 @@ namespace {
 Tensor unary_op(UnaryOp op, const char* name, const Tensor& a, double scalar = 0.0) {
   detail::check_floating(a, name);
   if (detail::widen_on_cpu(a)) return unary_op(op, name, a.to(DType::F32), scalar).to(a.dtype());
-  detail::require_cpu(a, name);
   Tensor x = a.contiguous();
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  cpu::unary(op, scalar, x, y);
+  BVLLM_KERNEL(x.device(), unary, op, scalar, x, y);
   // Derivatives of exp, sqrt, rsqrt, tanh and sigmoid come cheapest from the output.
   bool from_output = op == UnaryOp::Exp || op == UnaryOp::Sqrt || op == UnaryOp::Rsqrt || op == UnaryOp::Tanh ||
                      op == UnaryOp::Sigmoid;
@@ -20,7 +18,8 @@ Tensor unary_op(UnaryOp op, const char* name, const Tensor& a, double scalar = 0
   record(name, {a}, y, [op, scalar, saved, from_output](const GradContext& ctx) {
     Tensor g = ctx.grad().contiguous();
     Tensor gx = Tensor::empty(g.shape(), g.dtype(), g.device());
-    cpu::unary_backward(op, scalar, from_output ? Tensor() : saved, from_output ? saved : Tensor(), g, gx);
+    BVLLM_KERNEL(g.device(), unary_backward, op, scalar, from_output ? Tensor() : saved, from_output ? saved : Tensor(),
+                 g, gx);
     return std::vector<Tensor>{gx};
   });
   return y;
@@ -30,10 +29,9 @@ Tensor binary_op(BinaryOp op, const char* name, const Tensor& a, const Tensor& b
   detail::check_same_dtype_device(a, b, name);
   detail::check_floating(a, name);
   if (detail::widen_on_cpu(a)) return binary_op(op, name, a.to(DType::F32), b.to(DType::F32)).to(a.dtype());
-  detail::require_cpu(a, name);
   Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
   Tensor out = Tensor::empty(shape, a.dtype(), a.device());
-  cpu::binary(op, a.detach().expand(shape), b.detach().expand(shape), out);
+  BVLLM_KERNEL(a.device(), binary, op, a.detach().expand(shape), b.detach().expand(shape), out);
   Tensor sa = a.detach(), sb = b.detach();
   record(name, {a, b}, out, [op, sa, sb](const GradContext& ctx) {
     const Tensor& g = ctx.grad();
@@ -63,10 +61,9 @@ Tensor binary_op(BinaryOp op, const char* name, const Tensor& a, const Tensor& b
 
 Tensor compare_op(CompareOp op, const char* name, const Tensor& a, const Tensor& b) {
   detail::check_same_dtype_device(a, b, name);
-  detail::require_cpu(a, name);
   Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
   Tensor out = Tensor::empty(shape, DType::Bool, a.device());
-  cpu::compare(op, a.detach().expand(shape), b.detach().expand(shape), out);
+  BVLLM_KERNEL(a.device(), compare, op, a.detach().expand(shape), b.detach().expand(shape), out);
   return out;
 }
 

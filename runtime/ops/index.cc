@@ -1,5 +1,4 @@
 // concat/stack/split, index_select, gather, where/masked_fill, topk.
-#include "runtime/cpu/kernels.h"
 #include "runtime/ops/common.h"
 
 namespace bvllm::ops {
@@ -69,7 +68,9 @@ std::vector<Tensor> split(const Tensor& a, const std::vector<int64_t>& sizes, in
 }
 
 namespace {
-Tensor check_index(const Tensor& index, const char* op) {
+Tensor check_index(const Tensor& index, const Tensor& a, const char* op) {
+  BVLLM_REQUIRE(index.device() == a.device(), op, ": index is on ", index.device().str(), ", input on ",
+                a.device().str());
   BVLLM_REQUIRE(index.dtype() == DType::I64 || index.dtype() == DType::I32, op, ": index must be i64 or i32, got ",
                 dtype_name(index.dtype()));
   return index.to(DType::I64).contiguous();
@@ -81,39 +82,39 @@ void check_range(const Tensor& index, int64_t n, const char* op) {
 }  // namespace
 
 Tensor index_select(const Tensor& a, int64_t dim, const Tensor& index) {
-  detail::require_cpu(a, "index_select");
+  
   int d = normalize_dim(dim, a.dim(), "index_select");
-  Tensor idx = check_index(index, "index_select");
+  Tensor idx = check_index(index, a, "index_select");
   BVLLM_REQUIRE(idx.dim() == 1, "index_select: index must be 1-D, got ", shape_str(idx.shape()));
   check_range(idx, a.shape()[d], "index_select");
   Shape shape = a.shape();
   shape[d] = idx.numel();
-  Tensor out = Tensor::empty(shape, a.dtype());
-  cpu::index_select(a.detach().contiguous(), d, idx, out);
+  Tensor out = Tensor::empty(shape, a.dtype(), a.device());
+  BVLLM_KERNEL(a.device(), index_select, a.detach().contiguous(), d, idx, out);
   Shape in_shape = a.shape();
   record("index_select", {a}, out, [in_shape, d, idx](const GradContext& ctx) {
-    Tensor g = zeros(in_shape, ctx.grad().dtype());
-    cpu::index_add(g, d, idx, ctx.grad().contiguous());
+    Tensor g = zeros(in_shape, ctx.grad().dtype(), idx.device());
+    BVLLM_KERNEL(idx.device(), index_add, g, d, idx, ctx.grad().contiguous());
     return std::vector<Tensor>{g};
   });
   return out;
 }
 
 Tensor gather(const Tensor& a, int64_t dim, const Tensor& index) {
-  detail::require_cpu(a, "gather");
+  
   int d = normalize_dim(dim, a.dim(), "gather");
-  Tensor idx = check_index(index, "gather");
+  Tensor idx = check_index(index, a, "gather");
   bool ok = idx.dim() == a.dim();
   for (int64_t i = 0; ok && i < a.dim(); ++i) ok = i == d || idx.shape()[i] == a.shape()[i];
   BVLLM_REQUIRE(ok, "gather: index ", shape_str(idx.shape()), " must match input ", shape_str(a.shape()),
                 " except in dim ", d);
   check_range(idx, a.shape()[d], "gather");
-  Tensor out = Tensor::empty(idx.shape(), a.dtype());
-  cpu::gather(a.detach().contiguous(), d, idx, out);
+  Tensor out = Tensor::empty(idx.shape(), a.dtype(), a.device());
+  BVLLM_KERNEL(a.device(), gather, a.detach().contiguous(), d, idx, out);
   Shape in_shape = a.shape();
   record("gather", {a}, out, [in_shape, d, idx](const GradContext& ctx) {
-    Tensor g = zeros(in_shape, ctx.grad().dtype());
-    cpu::scatter_add(g, d, idx, ctx.grad().contiguous());
+    Tensor g = zeros(in_shape, ctx.grad().dtype(), idx.device());
+    BVLLM_KERNEL(idx.device(), scatter_add, g, d, idx, ctx.grad().contiguous());
     return std::vector<Tensor>{g};
   });
   return out;
@@ -122,15 +123,17 @@ Tensor gather(const Tensor& a, int64_t dim, const Tensor& index) {
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   detail::check_same_dtype_device(a, b, "where");
   BVLLM_REQUIRE(cond.dtype() == DType::Bool, "where: condition must be bool, got ", dtype_name(cond.dtype()));
-  detail::require_cpu(a, "where");
+  BVLLM_REQUIRE(cond.device() == a.device(), "where: condition is on ", cond.device().str(), ", values on ",
+                a.device().str());
+
   Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
-  Tensor out = Tensor::empty(shape, a.dtype());
-  cpu::where(cond.expand(shape), a.detach().expand(shape), b.detach().expand(shape), out);
+  Tensor out = Tensor::empty(shape, a.dtype(), a.device());
+  BVLLM_KERNEL(a.device(), where, cond.expand(shape), a.detach().expand(shape), b.detach().expand(shape), out);
   Tensor c = cond.detach();
   Shape sa = a.shape(), sb = b.shape();
   record("where", {a, b}, out, [c, sa, sb](const GradContext& ctx) {
     const Tensor& g = ctx.grad();
-    Tensor zero = zeros({}, g.dtype());
+    Tensor zero = zeros({}, g.dtype(), g.device());
     Tensor ga = ctx.needs(0) ? sum_to(where(c, g, zero), sa) : Tensor();
     Tensor gb = ctx.needs(1) ? sum_to(where(c, zero, g), sb) : Tensor();
     return std::vector<Tensor>{ga, gb};
@@ -143,7 +146,7 @@ Tensor masked_fill(const Tensor& a, const Tensor& mask, double value) {
 }
 
 TopK topk(const Tensor& a, int64_t k, int64_t dim) {
-  detail::require_cpu(a, "topk");
+  
   BVLLM_REQUIRE(a.dim() >= 1, "topk: input must have at least one dim");
   int d = normalize_dim(dim, a.dim(), "topk");
   BVLLM_REQUIRE(k >= 0 && k <= a.shape()[d], "topk: k = ", k, " but dim ", d, " has ", a.shape()[d], " elements");
@@ -154,14 +157,14 @@ TopK topk(const Tensor& a, int64_t k, int64_t dim) {
   Tensor x = a.detach().contiguous();
   Shape shape = x.shape();
   shape.back() = k;
-  Tensor values = Tensor::empty(shape, x.dtype()), indices = Tensor::empty(shape, DType::I64);
-  cpu::topk(x, k, values, indices);
+  Tensor values = Tensor::empty(shape, x.dtype(), x.device()), indices = Tensor::empty(shape, DType::I64, x.device());
+  BVLLM_KERNEL(x.device(), topk, x, k, values, indices);
   if (is_floating(a.dtype())) {
     Shape in_shape = a.shape();
     int last = static_cast<int>(a.dim() - 1);
     record("topk", {a}, values, [in_shape, last, indices](const GradContext& ctx) {
-      Tensor g = zeros(in_shape, ctx.grad().dtype());
-      cpu::scatter_add(g, last, indices, ctx.grad().contiguous());
+      Tensor g = zeros(in_shape, ctx.grad().dtype(), indices.device());
+      BVLLM_KERNEL(indices.device(), scatter_add, g, last, indices, ctx.grad().contiguous());
       return std::vector<Tensor>{g};
     });
   }

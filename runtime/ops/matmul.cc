@@ -1,5 +1,4 @@
 // matmul with broadcast batch dims, and linear on top of it.
-#include "runtime/cpu/kernels.h"
 #include "runtime/ops/common.h"
 
 namespace bvllm::ops {
@@ -25,7 +24,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   BVLLM_REQUIRE(a.size(-1) == b.size(-2), "matmul: inner dims differ: ", shape_str(a.shape()), " @ ",
                 shape_str(b.shape()));
   if (detail::widen_on_cpu(a)) return matmul(a.to(DType::F32), b.to(DType::F32)).to(a.dtype());
-  detail::require_cpu(a, "matmul");
+  
   const int64_t m = a.size(-2), k = a.size(-1), n = b.size(-1);
   Shape batch_a(a.shape().begin(), a.shape().end() - 2), batch_b(b.shape().begin(), b.shape().end() - 2);
   Shape batch_shape = broadcast_shapes(batch_a, batch_b, "matmul");
@@ -39,14 +38,15 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     // [..., M, K] @ [K, N]: fold the batch into M (one large GEMM instead of many).
     Tensor a2 = ad.reshape({1, numel(batch_shape) * m, k});
     Tensor o2 = out.view({1, numel(batch_shape) * m, n});
-    cpu::gemm_batched(a2, as_gemm_operand(bd.unsqueeze(0), 1), o2);
+    BVLLM_KERNEL(a.device(), gemm_batched, a2, as_gemm_operand(bd.unsqueeze(0), 1), o2);
   } else {
     int64_t batch = numel(batch_shape);
     Shape ea = batch_shape, eb = batch_shape;
     ea.insert(ea.end(), {m, k});
     eb.insert(eb.end(), {k, n});
     Tensor o3 = out.view({batch, m, n});
-    cpu::gemm_batched(as_gemm_operand(ad.expand(ea), batch), as_gemm_operand(bd.expand(eb), batch), o3);
+    BVLLM_KERNEL(a.device(), gemm_batched, as_gemm_operand(ad.expand(ea), batch), as_gemm_operand(bd.expand(eb), batch),
+                 o3);
   }
   record("matmul", {a, b}, out, [ad, bd](const GradContext& ctx) {
     const Tensor& g = ctx.grad();

@@ -1,7 +1,6 @@
 // Reductions over dims: sum, mean, max, argmax, and sum_to (the backward of broadcasting).
 #include <algorithm>
 
-#include "runtime/cpu/kernels.h"
 #include "runtime/ops/common.h"
 
 namespace bvllm::ops {
@@ -14,7 +13,7 @@ Tensor sum_one_dim(const Tensor& a, int d) {
   Shape out_shape = x.shape();
   out_shape[d] = 1;
   Tensor out = Tensor::empty(out_shape, x.dtype(), x.device());
-  cpu::sum_dim(x, s.outer, s.size, s.inner, out);
+  BVLLM_KERNEL(x.device(), sum_dim, x, s.outer, s.size, s.inner, out);
   return out;
 }
 
@@ -23,7 +22,7 @@ Tensor sum_one_dim(const Tensor& a, int d) {
 Tensor sum(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim) {
   detail::check_floating(a, "sum");
   if (detail::widen_on_cpu(a)) return sum(a.to(DType::F32), dims, keepdim).to(a.dtype());
-  detail::require_cpu(a, "sum");
+  
   std::vector<int> ds;
   for (int64_t d : dims) ds.push_back(normalize_dim(d, a.dim(), "sum"));
   std::sort(ds.begin(), ds.end());
@@ -59,17 +58,19 @@ Tensor mean(const Tensor& a) { return mul(sum(a), 1.0 / static_cast<double>(std:
 namespace {
 std::pair<Tensor, Tensor> max_with_indices(const Tensor& a, int64_t dim, bool keepdim, const char* op) {
   detail::check_defined(a, op, "input");
-  detail::require_cpu(a, op);
   int d = normalize_dim(dim, a.dim(), op);
   BVLLM_REQUIRE(a.dim() > 0 && a.shape()[d] > 0, op, ": cannot reduce an empty dim");
-  Tensor x = is_floating(a.dtype()) && a.dtype() != DType::F64 ? a.detach().to(DType::F32).contiguous()
-                                                               : a.detach().to(DType::F64).contiguous();
+  // The CPU compares in f32 (f64 for f64 and integers); CUDA reads floating dtypes directly.
+  DType compute = a.device().is_cuda() && is_floating(a.dtype()) ? a.dtype()
+                  : is_floating(a.dtype()) && a.dtype() != DType::F64 ? DType::F32
+                                                                       : DType::F64;
+  Tensor x = a.detach().to(compute).contiguous();
   DimSplit s = split_at(x.shape(), d);
   Shape out_shape = x.shape();
   out_shape[d] = 1;
-  Tensor values = Tensor::empty(out_shape, x.dtype());
-  Tensor indices = Tensor::empty(out_shape, DType::I64);
-  cpu::max_dim(x, s.outer, s.size, s.inner, values, indices);
+  Tensor values = Tensor::empty(out_shape, x.dtype(), x.device());
+  Tensor indices = Tensor::empty(out_shape, DType::I64, x.device());
+  BVLLM_KERNEL(x.device(), max_dim, x, s.outer, s.size, s.inner, values, indices);
   if (!keepdim) {
     values = values.squeeze(d);
     indices = indices.squeeze(d);
@@ -91,7 +92,7 @@ Tensor max(const Tensor& a, int64_t dim, bool keepdim) {
       idx = idx.unsqueeze(d);
     }
     Tensor out = zeros(in_shape, g.dtype(), g.device());
-    cpu::scatter_add(out, d, idx.contiguous(), g.contiguous());
+    BVLLM_KERNEL(g.device(), scatter_add, out, d, idx.contiguous(), g.contiguous());
     return std::vector<Tensor>{out};
   });
   return values;

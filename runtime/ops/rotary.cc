@@ -1,7 +1,6 @@
 // Rotary position embedding: tables from positions, and the rotation itself.
 #include <cmath>
 
-#include "runtime/cpu/kernels.h"
 #include "runtime/ops/common.h"
 
 namespace bvllm::ops {
@@ -46,7 +45,11 @@ Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin, RotaryStyle
     BVLLM_REQUIRE(v.dim() == 3 && (v.size(0) == 1 || v.size(0) == b) && v.size(1) == l && v.size(2) == d,
                   "rotary: ", name, " must be [", l, ", ", d, "] or [", b, ", ", l, ", ", d, "], got ",
                   shape_str(t.shape()));
-    return v.detach().to(x.dtype() == DType::F64 ? DType::F64 : DType::F32).contiguous();
+    BVLLM_REQUIRE(v.device() == x.device(), "rotary: ", name, " is on ", v.device().str(), ", x on ",
+                  x.device().str());
+    // The CPU rotates in f32 (f64); CUDA reads the tables in x's dtype, as Qwen2 casts them to it.
+    DType table_dtype = x.device().is_cuda() ? x.dtype() : detail::stat_dtype(x.dtype());
+    return v.detach().to(table_dtype).contiguous();
   };
   Tensor c = table(cos, "cos"), s = table(sin, "sin");
   if (detail::widen_on_cpu(x)) {
@@ -54,14 +57,13 @@ Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin, RotaryStyle
     return rotary(x.to(DType::F32), c.to(x.dtype()).to(DType::F32), s.to(x.dtype()).to(DType::F32), style)
         .to(x.dtype());
   }
-  detail::require_cpu(x, "rotary");
   Tensor xc = x.detach().contiguous();
-  Tensor y = Tensor::empty(xc.shape(), xc.dtype());
-  cpu::rotary(xc, c, s, style, false, y);
+  Tensor y = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
+  BVLLM_KERNEL(xc.device(), rotary, xc, c, s, style, false, y);
   record("rotary", {x}, y, [c, s, style](const GradContext& ctx) {
     Tensor g = ctx.grad().contiguous();
-    Tensor gx = Tensor::empty(g.shape(), g.dtype());
-    cpu::rotary(g, c, s, style, true, gx);
+    Tensor gx = Tensor::empty(g.shape(), g.dtype(), g.device());
+    BVLLM_KERNEL(g.device(), rotary, g, c, s, style, true, gx);
     return std::vector<Tensor>{gx};
   });
   return y;

@@ -9,6 +9,13 @@
 #include "runtime/ops.h"
 #include "runtime/optim/adamw_math.h"
 
+#if BVLLM_WITH_CUDA
+#include <map>
+#include <tuple>
+
+#include "runtime/cuda/adamw.h"
+#endif
+
 namespace bvllm::optim {
 
 namespace {
@@ -29,12 +36,70 @@ bool supported_dtype(DType t) { return t == DType::F32 || t == DType::F64 || t =
 // Moments (and master) are f32 for half params, else the param's dtype.
 DType state_dtype(DType param) { return is_half(param) ? DType::F32 : param; }
 
-// A fresh contiguous CPU tensor of `dtype` holding `src`'s values.
-Tensor copy_as(const Tensor& src, DType dtype) {
-  Tensor out = Tensor::empty(src.shape(), dtype, Device::cpu());
+// A fresh contiguous tensor of `dtype` on `device` holding `src`'s values.
+Tensor copy_as(const Tensor& src, DType dtype, Device device) {
+  Tensor out = Tensor::empty(src.shape(), dtype, device);
   out.copy_(src);
   return out;
 }
+
+// The part of an update shared by both devices: checks the grad, creates the state at the first
+// step (on the param's device) and advances the step. Returns the step's scalars, or nothing
+// when the param has no grad (it is skipped and its step does not advance).
+std::optional<AdamWScalars> begin_update(const Tensor& param, AdamWState& st, double lr, double weight_decay,
+                                         const AdamWOptions& options) {
+  const Tensor& grad = param.grad();
+  if (!grad.defined()) return std::nullopt;
+  BVLLM_REQUIRE(grad.shape() == param.shape(), "AdamW: grad ", shape_str(grad.shape()),
+                " does not match its parameter ", shape_str(param.shape()));
+  BVLLM_REQUIRE(grad.device() == param.device(), "AdamW: grad is on ", grad.device().str(), ", expected ",
+                param.device().str());
+  BVLLM_REQUIRE(is_floating(grad.dtype()), "AdamW: grad has dtype ", dtype_name(grad.dtype()));
+  CHECK(param.is_contiguous()) << "AdamW: parameter became non-contiguous";
+
+  const DType sdt = state_dtype(param.dtype());
+  if (!st.exp_avg.defined()) {
+    st.exp_avg = ops::zeros(param.shape(), sdt, param.device());
+    st.exp_avg_sq = ops::zeros(param.shape(), sdt, param.device());
+    if (is_half(param.dtype())) st.master = copy_as(param, DType::F32, param.device());
+  }
+  st.step += 1;
+  return adamw_scalars(lr, options.beta1, options.beta2, options.eps, weight_decay, st.step);
+}
+
+#if BVLLM_WITH_CUDA
+// A step's CUDA params, queued as they come and launched together: one multi-tensor launch per
+// (device, param dtype, grad dtype) (runtime/cuda/adamw.h).
+class CudaUpdates {
+ public:
+  void add(Tensor& param, AdamWState& st, const AdamWScalars& s) {
+    // The grad as the CPU path takes it: a half param's own dtype or f32, else the param's dtype.
+    const DType pdt = param.dtype(), gdt = is_half(pdt) && param.grad().dtype() == pdt ? pdt : state_dtype(pdt);
+    const Tensor g = param.grad().to(gdt).contiguous();
+    grads_.push_back(g);  // alive until its launch is queued
+    batches_[{param.device().index, pdt, gdt}].push_back(cuda::AdamWTensor{
+        .param = param.raw_data(),
+        .grad = g.raw_data(),
+        .exp_avg = st.exp_avg.raw_data(),
+        .exp_avg_sq = st.exp_avg_sq.raw_data(),
+        .master = st.master.defined() ? st.master.data<float>() : nullptr,
+        .n = param.numel(),
+        .scalars = s,
+    });
+  }
+
+  void launch() {
+    for (const auto& [key, tensors] : batches_)
+      cuda::adamw(std::get<0>(key), std::get<1>(key), std::get<2>(key), tensors);
+    batches_.clear();
+    grads_.clear();
+  }
+
+ private:
+  std::map<std::tuple<int, DType, DType>, std::vector<cuda::AdamWTensor>> batches_;
+  std::vector<Tensor> grads_;
+};
+#endif
 
 }  // namespace
 
@@ -53,8 +118,10 @@ AdamW::AdamW(std::vector<ParamGroup> groups, const AdamWOptions& options) : opti
                     dtype_name(p.dtype()), " (expected f32, f64, bf16 or f16)");
       BVLLM_REQUIRE(p.requires_grad() && p.is_leaf(), "AdamW: parameter ", i, " of group ", g,
                     " must be a leaf that requires grad");
+#if !BVLLM_WITH_CUDA
       BVLLM_REQUIRE(p.device().is_cpu(), "AdamW: parameter ", i, " of group ", g, " is on ", p.device().str(),
-                    " (only CPU parameters are supported so far)");
+                    " (this build has no CUDA)");
+#endif
       BVLLM_REQUIRE(p.is_contiguous(), "AdamW: parameter ", i, " of group ", g, " (", shape_str(p.shape()),
                     ") is not contiguous");
       const bool inserted = slot_index_.emplace(p.impl(), slots_.size()).second;
@@ -72,31 +139,43 @@ AdamW::AdamW(std::vector<Tensor> params, const AdamWOptions& options)
 void AdamW::step() {
   NoGradGuard no_grad;
   size_t next = 0;  // slots_ is laid out group by group
+#if BVLLM_WITH_CUDA
+  // CPU params update as they come; CUDA params are queued and launched together at the end (and
+  // also when a later param fails its checks, so that, as on the CPU, the params before it have
+  // both advanced their step and been updated).
+  CudaUpdates cuda_updates;
+  try {
+    for (const Group& group : groups_) {
+      for (size_t i = 0; i < group.params.size(); ++i) {
+        Slot& slot = slots_[next++];
+        if (!slot.param.device().is_cuda()) {
+          update(slot, group);
+        } else if (auto s = begin_update(slot.param, slot.state, group.lr, group.weight_decay, options_)) {
+          cuda_updates.add(slot.param, slot.state, *s);
+        }
+      }
+    }
+  } catch (...) {
+    cuda_updates.launch();
+    throw;
+  }
+  cuda_updates.launch();
+#else
   for (const Group& group : groups_) {
     for (size_t i = 0; i < group.params.size(); ++i) update(slots_[next++], group);
   }
+#endif
 }
 
+// The update of a CPU param (CUDA params go through CudaUpdates).
 void AdamW::update(Slot& slot, const Group& group) {
   Tensor& param = slot.param;
-  const Tensor& grad = param.grad();
-  if (!grad.defined()) return;
-  BVLLM_REQUIRE(grad.shape() == param.shape(), "AdamW: grad ", shape_str(grad.shape()),
-                " does not match its parameter ", shape_str(param.shape()));
-  BVLLM_REQUIRE(grad.device().is_cpu(), "AdamW: grad is on ", grad.device().str(), ", expected cpu");
-  BVLLM_REQUIRE(is_floating(grad.dtype()), "AdamW: grad has dtype ", dtype_name(grad.dtype()));
-  CHECK(param.is_contiguous()) << "AdamW: parameter became non-contiguous";
-
   AdamWState& st = slot.state;
+  const std::optional<AdamWScalars> scalars = begin_update(param, st, group.lr, group.weight_decay, options_);
+  if (!scalars) return;
+  const AdamWScalars& s = *scalars;
+  const Tensor& grad = param.grad();
   const DType sdt = state_dtype(param.dtype());
-  if (!st.exp_avg.defined()) {
-    st.exp_avg = ops::zeros(param.shape(), sdt);
-    st.exp_avg_sq = ops::zeros(param.shape(), sdt);
-    if (is_half(param.dtype())) st.master = copy_as(param, DType::F32);
-  }
-  st.step += 1;
-  const AdamWScalars s =
-      adamw_scalars(group.lr, options_.beta1, options_.beta2, options_.eps, group.weight_decay, st.step);
   const int64_t n = param.numel();
   float* m32 = sdt == DType::F32 ? st.exp_avg.data<float>() : nullptr;
   float* v32 = sdt == DType::F32 ? st.exp_avg_sq.data<float>() : nullptr;
@@ -207,14 +286,15 @@ void AdamW::load_state(const Tensor& param, const AdamWState& state) {
   check(state.exp_avg_sq, "exp_avg_sq");
   AdamWState loaded;
   loaded.step = state.step;
-  loaded.exp_avg = copy_as(state.exp_avg.to(Device::cpu()), sdt);
-  loaded.exp_avg_sq = copy_as(state.exp_avg_sq.to(Device::cpu()), sdt);
+  const Device device = s.param.device();  // the state lives beside its param
+  loaded.exp_avg = copy_as(state.exp_avg.to(device), sdt, device);
+  loaded.exp_avg_sq = copy_as(state.exp_avg_sq.to(device), sdt, device);
   if (is_half(s.param.dtype())) {
     if (state.master.defined()) {
       check(state.master, "master");
-      loaded.master = copy_as(state.master.to(Device::cpu()), DType::F32);
+      loaded.master = copy_as(state.master.to(device), DType::F32, device);
     } else {
-      loaded.master = copy_as(s.param, DType::F32);
+      loaded.master = copy_as(s.param, DType::F32, device);
     }
   } else {
     BVLLM_REQUIRE(!state.master.defined(), "AdamW::load_state: got a master copy for a ", dtype_name(s.param.dtype()),

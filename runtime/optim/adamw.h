@@ -13,7 +13,8 @@
 // the master copy is the mixed-precision recipe instead.) The master is authoritative: a param
 // changed from outside after its first step must be re-synced with load_state.
 //
-// The fused update runs on CPU tensors (runtime/cpu/adamw.cc); params must be contiguous.
+// The fused update runs on CPU tensors (runtime/cpu/adamw.cc) and, in CUDA builds, on CUDA tensors
+// (runtime/cuda/adamw.cu: one multi-tensor launch per device and dtype); params must be contiguous.
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,5 @@
 // The AdamW update of one element, shared by the CPU kernel (runtime/cpu/adamw.cc) and the CUDA
-// kernel that will mirror it: the math lives here and nowhere else.
+// kernel (runtime/cuda/adamw.cu): the math lives here and nowhere else.
 //
 // torch.optim.AdamW, single-tensor path, amsgrad off (torch/optim/adamw.py, _single_tensor_adamw;
 // research/models-formats.md §6.1), with lr the group's current (scheduled) lr and t the step
@@ -18,6 +18,16 @@
 
 #include <cmath>
 #include <cstdint>
+
+// The coefficients and the element update also compile as device code for the CUDA kernel
+// (runtime/cuda/adamw.cu).
+#ifndef BVLLM_HOST_DEVICE
+#ifdef __CUDACC__
+#define BVLLM_HOST_DEVICE __host__ __device__
+#else
+#define BVLLM_HOST_DEVICE
+#endif
+#endif
 
 namespace bvllm::optim {
 
@@ -54,7 +64,7 @@ template <typename T>
 struct AdamWCoefficients {
   T decay, beta1, beta2, one_minus_beta1, one_minus_beta2, neg_step_size, bc2_sqrt, eps;
 
-  explicit AdamWCoefficients(const AdamWScalars& s)
+  BVLLM_HOST_DEVICE explicit AdamWCoefficients(const AdamWScalars& s)
       : decay(static_cast<T>(s.decay)),
         beta1(static_cast<T>(s.beta1)),
         beta2(static_cast<T>(s.beta2)),
@@ -67,7 +77,7 @@ struct AdamWCoefficients {
 
 // One element: p (param or f32 master), g (grad), m (exp_avg), v (exp_avg_sq), all in T.
 template <typename T>
-inline void adamw_element(T& p, T g, T& m, T& v, const AdamWCoefficients<T>& c) {
+BVLLM_HOST_DEVICE inline void adamw_element(T& p, T g, T& m, T& v, const AdamWCoefficients<T>& c) {
   p = p * c.decay;
   m = m * c.beta1 + c.one_minus_beta1 * g;
   v = v * c.beta2 + c.one_minus_beta2 * g * g;

@@ -7,28 +7,51 @@
 #include "runtime/cpu/grad_norm.h"
 #include "runtime/ops.h"
 
+#if BVLLM_WITH_CUDA
+#include <map>
+
+#include "runtime/cuda/grad_norm.h"
+#endif
+
 namespace bvllm::optim {
 
 namespace {
 
-// Σ |g|^p (or max |g| for p = inf) over the defined grads.
+// Σ |g|^p (or max |g| for p = inf) over the defined grads. CPU grads are reduced one by one in
+// param order; CUDA grads are gathered per device and reduced in one multi-tensor pass each
+// (runtime/cuda/grad_norm.h), added after the CPU ones in device order.
 double partial_norm(const std::vector<Tensor>& params, double p, const char* what) {
   NoGradGuard no_grad;
   double acc = 0.0;
-  for (size_t i = 0; i < params.size(); ++i) {
-    BVLLM_REQUIRE(params[i].defined(), what, ": parameter ", i, " is undefined");
-    const Tensor& g = params[i].grad();
-    if (!g.defined()) continue;
-    BVLLM_REQUIRE(is_floating(g.dtype()), what, ": grad of parameter ", i, " has dtype ", dtype_name(g.dtype()));
-    BVLLM_REQUIRE(g.device().is_cpu(), what, ": grad of parameter ", i, " is on ", g.device().str(),
-                  " (only CPU grads are supported so far)");
-    const double part = cpu::norm_partial(g.contiguous(), p);
+  auto combine = [&](double part) {
     if (std::isinf(p)) {
       acc = (std::isnan(acc) || acc > part) ? acc : part;  // NaN-propagating max
     } else {
       acc += part;
     }
+  };
+#if BVLLM_WITH_CUDA
+  std::map<int, std::vector<Tensor>> cuda_grads;  // device index -> contiguous grads
+#endif
+  for (size_t i = 0; i < params.size(); ++i) {
+    BVLLM_REQUIRE(params[i].defined(), what, ": parameter ", i, " is undefined");
+    const Tensor& g = params[i].grad();
+    if (!g.defined()) continue;
+    BVLLM_REQUIRE(is_floating(g.dtype()), what, ": grad of parameter ", i, " has dtype ", dtype_name(g.dtype()));
+#if BVLLM_WITH_CUDA
+    if (g.device().is_cuda()) {
+      cuda_grads[g.device().index].push_back(g.contiguous());
+      continue;
+    }
+#else
+    BVLLM_REQUIRE(g.device().is_cpu(), what, ": grad of parameter ", i, " is on ", g.device().str(),
+                  " (this build has no CUDA)");
+#endif
+    combine(cpu::norm_partial(g.contiguous(), p));
   }
+#if BVLLM_WITH_CUDA
+  for (const auto& [device, grads] : cuda_grads) combine(cuda::norm_partial(device, grads, p));
+#endif
   return acc;
 }
 

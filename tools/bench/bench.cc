@@ -8,6 +8,15 @@
 
 namespace bvllm::bench {
 
+const std::vector<Case>& cases() {
+  static const std::vector<Case> all = [] {
+    std::vector<Case> v = cpu_cases();
+    v.insert(v.end(), gpu_cases().begin(), gpu_cases().end());
+    return v;
+  }();
+  return all;
+}
+
 std::vector<double> time_ms(const Options& options, const std::function<void()>& work) {
   for (int i = 0; i < options.warmup; ++i) work();
   std::vector<double> ms;

@@ -25,7 +25,9 @@ struct Case {
   std::function<Result(const Options&)> run;
 };
 
-const std::vector<Case>& cases();
+const std::vector<Case>& cases();      // all: CPU cases, then GPU cases
+const std::vector<Case>& cpu_cases();  // tools/bench/cpu_cases.cc
+const std::vector<Case>& gpu_cases();  // tools/bench/gpu_cases.cc (fail clearly without a GPU)
 
 // Runs `work` warmup + iters times and records the timed iterations in milliseconds.
 std::vector<double> time_ms(const Options& options, const std::function<void()>& work);

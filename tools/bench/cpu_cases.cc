@@ -49,7 +49,7 @@ Result block_train_cpu(const Options& options) {
 
 }  // namespace
 
-const std::vector<Case>& cases() {
+const std::vector<Case>& cpu_cases() {
   static const std::vector<Case> all = {
       {"matmul_cpu", "f32 GEMM 1024x1024x1024 through OpenBLAS", matmul_cpu},
       {"block_train_cpu",

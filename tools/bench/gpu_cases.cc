@@ -1,0 +1,117 @@
+// GPU cases (bf16). tests/reference/bench_torch_gpu.py does the same work in PyTorch. Each
+// iteration ends with a device synchronize, so host timing covers the GPU work.
+#include <algorithm>
+#include <cmath>
+
+#include "layers/qwen2_block.h"
+#include "runtime/autograd.h"
+#include "runtime/cuda/backend.h"
+#include "runtime/ops.h"
+#include "runtime/optim/adamw.h"
+#include "tools/bench/bench.h"
+
+namespace bvllm::bench {
+
+namespace {
+
+const Device kGpu = Device::cuda(0);
+
+void require_gpu(const char* name) {
+  BVLLM_REQUIRE(cuda::available(), name, ": needs a CUDA device (this build or machine has none)");
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+Result gemm_bf16_gpu(const Options& options) {
+  require_gpu("gemm_bf16_gpu");
+  constexpr int64_t n = 8192;
+  Generator gen{1, 0, 0};
+  Tensor a = ops::normal({n, n}, gen, 0, 1, DType::BF16, kGpu), b = ops::normal({n, n}, gen, 0, 1, DType::BF16, kGpu);
+  NoGradGuard no_grad;
+  Result r{"gemm_bf16_gpu",
+           time_ms(options,
+                   [&] {
+                     ops::matmul(a, b);
+                     cuda::synchronize(0);
+                   }),
+           {}};
+  r.extra["tflops"] = 2.0 * n * n * n / (median(r.ms) * 1e9);
+  return r;
+}
+
+// Forward + backward of causal GQA attention: batch 4, 28 query heads, 4 KV heads, 4096, d 128.
+Result attention_gpu(const Options& options) {
+  require_gpu("attention_gpu");
+  constexpr int64_t b = 4, hq = 28, hkv = 4, l = 4096, d = 128;
+  Generator gen{2, 0, 0};
+  Tensor q = ops::normal({b, hq, l, d}, gen, 0, 1, DType::BF16, kGpu).set_requires_grad(true);
+  Tensor k = ops::normal({b, hkv, l, d}, gen, 0, 1, DType::BF16, kGpu).set_requires_grad(true);
+  Tensor v = ops::normal({b, hkv, l, d}, gen, 0, 1, DType::BF16, kGpu).set_requires_grad(true);
+  Tensor g = ops::normal({b, hq, l, d}, gen, 0, 1, DType::BF16, kGpu);
+  Result r{"attention_gpu",
+           time_ms(options,
+                   [&] {
+                     Tensor o = ops::scaled_dot_product_attention(q, k, v, {.causal = true});
+                     run_backward({o}, {g});
+                     cuda::synchronize(0);
+                   }),
+           {}};
+  // Causal: half of the 4 * B * H * L^2 * D forward FLOPs; backward does 2.5x the forward.
+  const double forward = 4.0 * b * hq * l * l * d / 2;
+  r.extra["tflops"] = 3.5 * forward / (median(r.ms) * 1e9);
+  return r;
+}
+
+// One training step of a Qwen2-7B-shaped decoder layer, bf16 weights with f32 AdamW master.
+Result block_train_gpu(const Options& options) {
+  require_gpu("block_train_gpu");
+  layers::Qwen2BlockConfig config{.hidden = 3584, .heads = 28, .kv_heads = 4, .ffn = 18944};
+  constexpr int64_t batch = 1, seq = 4096;
+  Generator gen{3, 0, 0};
+  layers::Qwen2BlockWeights w = layers::Qwen2BlockWeights::init(config, gen, DType::BF16);
+  std::vector<Tensor> params;
+  for (auto& [name, t] : w.named()) {
+    *t = t->to(kGpu);
+    params.push_back(t->set_requires_grad(true));
+  }
+  optim::AdamW opt(params, {.lr = 1e-5});
+  Tensor x = ops::normal({batch, seq, config.hidden}, gen, 0, 1, DType::BF16, kGpu);
+  Tensor g = ops::normal({batch, seq, config.hidden}, gen, 0, 1, DType::BF16, kGpu);
+  auto [cos, sin] =
+      ops::rotary_tables(ops::arange(0, seq), config.head_dim(), config.rope_theta, ops::RotaryStyle::HalfSplit);
+  cos = cos.to(DType::BF16).to(kGpu);
+  sin = sin.to(DType::BF16).to(kGpu);
+  auto step = [&] {
+    opt.zero_grad();
+    Tensor y = layers::qwen2_block(w, config, x, cos, sin);
+    run_backward({y}, {g});
+    opt.step();
+    cuda::synchronize(0);
+  };
+  step();  // optimizer state exists before the peak is measured
+  cuda::reset_peak_memory(0);
+  Result r{"block_train_gpu", time_ms(options, step), {}};
+  const cuda::MemoryStats m = cuda::memory_stats(0);
+  r.extra["peak_allocated_gib"] = static_cast<double>(m.peak_allocated_bytes) / (1 << 30);
+  r.extra["peak_reserved_gib"] = static_cast<double>(m.peak_reserved_bytes) / (1 << 30);
+  r.extra["tokens_per_s"] = batch * seq / (median(r.ms) / 1e3);
+  return r;
+}
+
+}  // namespace
+
+const std::vector<Case>& gpu_cases() {
+  static const std::vector<Case> all = {
+      {"gemm_bf16_gpu", "bf16 GEMM 8192^3 (cuBLASLt, f32 accumulation), TFLOP/s", gemm_bf16_gpu},
+      {"attention_gpu", "causal GQA attention fwd+bwd: batch 4, 28/4 heads, seq 4096, d 128, bf16", attention_gpu},
+      {"block_train_gpu",
+       "forward+backward+AdamW of a Qwen2-7B decoder layer (3584, 28/4 heads, FFN 18944, seq 4096, bf16), peak memory",
+       block_train_gpu},
+  };
+  return all;
+}
+
+}  // namespace bvllm::bench
