@@ -13,6 +13,7 @@
 // last bit where nvcc contracts a*b + c into an FMA (it does by default) and the host compiler
 // does not.
 #include "runtime/cuda/adamw.h"
+#include "runtime/cuda/block_reduce.cuh"
 #include "runtime/cuda/common.cuh"
 
 namespace bvllm::cuda {
@@ -34,15 +35,7 @@ static_assert(sizeof(AdamWBatch) <= 4096, "kernel argument over the 4 KB limit")
 template <typename P, typename G, typename S, bool kMaster>
 __global__ void __launch_bounds__(kThreads) adamw_kernel(const __grid_constant__ AdamWBatch batch) {
   const int64_t chunk = blockIdx.x;
-  int lo = 0, hi = batch.count - 1;  // the last tensor whose first chunk is <= chunk
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (batch.first_chunk[mid] <= chunk) {
-      lo = mid;
-    } else {
-      hi = mid - 1;
-    }
-  }
+  const int lo = chunk_owner(batch.first_chunk, batch.count, chunk);
   const AdamWTensor& t = batch.tensors[lo];
   const optim::AdamWCoefficients<S> c(t.scalars);
   const int64_t begin = (chunk - batch.first_chunk[lo]) * kChunk;

@@ -119,4 +119,19 @@ inline int row_threads(int64_t n, int max_threads) {
   return static_cast<int>(t < 32 ? 32 : (t > max_threads ? max_threads : t));
 }
 
+// Multi-tensor launches give each tensor a run of chunks, tensor i owning chunks
+// [first_chunk[i], first_chunk[i + 1]). Returns the tensor that owns `chunk` (binary search).
+__device__ __forceinline__ int chunk_owner(const int64_t* first_chunk, int count, int64_t chunk) {
+  int lo = 0, hi = count - 1;  // the last tensor whose first chunk is <= chunk
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (first_chunk[mid] <= chunk) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
 }  // namespace bvllm::cuda

@@ -40,15 +40,7 @@ template <typename T, NormKind kKind>
 __global__ void __launch_bounds__(kThreads)
     norm_partial_kernel(const __grid_constant__ NormBatch batch, double p, double* partials) {
   const int64_t chunk = blockIdx.x;
-  int lo = 0, hi = batch.count - 1;  // the last tensor whose first chunk is <= chunk
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (batch.first_chunk[mid] <= chunk) {
-      lo = mid;
-    } else {
-      hi = mid - 1;
-    }
-  }
+  const int lo = chunk_owner(batch.first_chunk, batch.count, chunk);
   const T* x = static_cast<const T*>(batch.data[lo]);
   const int64_t begin = (chunk - batch.first_chunk[lo]) * kChunk;
   const int64_t end = begin + kChunk < batch.n[lo] ? begin + kChunk : batch.n[lo];
