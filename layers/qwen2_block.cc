@@ -57,7 +57,7 @@ Tensor qwen2_block(const Qwen2BlockWeights& w, const Qwen2BlockConfig& c, const 
   Tensor r = ops::add(x, ops::linear(a, w.o_proj_weight));
 
   Tensor m = ops::rms_norm(r, w.post_attention_layernorm, c.rms_eps);
-  Tensor gated = ops::mul(ops::silu(ops::linear(m, w.gate_proj_weight)), ops::linear(m, w.up_proj_weight));
+  Tensor gated = ops::swiglu(ops::linear(m, w.gate_proj_weight), ops::linear(m, w.up_proj_weight));
   return ops::add(r, ops::linear(gated, w.down_proj_weight));
 }
 

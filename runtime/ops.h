@@ -45,6 +45,9 @@ Tensor pow(const Tensor& a, double exponent);
 Tensor tanh(const Tensor& a);
 Tensor sigmoid(const Tensor& a);
 Tensor silu(const Tensor& a);
+// silu(gate) * up (the SwiGLU of Qwen2/LLaMA MLPs) in one kernel; gate and up have one shape.
+// Saves gate and up for backward, one activation fewer than silu then mul.
+Tensor swiglu(const Tensor& gate, const Tensor& up);
 enum class GeluApprox { None, Tanh };  // None: x * Phi(x) with erf; Tanh: the GPT-2 form
 Tensor gelu(const Tensor& a, GeluApprox approx = GeluApprox::None);
 Tensor relu(const Tensor& a);

@@ -1,5 +1,7 @@
 // Elementwise math on f32/f64. Each function is written once as a scalar lambda; the loops are
 // plain enough for the compiler to vectorize.
+#include <glog/logging.h>
+
 #include <cmath>
 
 #include "runtime/cpu/kernels.h"
@@ -103,6 +105,47 @@ void unary_backward(UnaryOp op, double scalar, const Tensor& x, const Tensor& y,
         });
       case UnaryOp::Relu: return map2(xp, g, out, n, [](T v, T d) { return v > T(0) ? d : T(0); });
       case UnaryOp::Abs: return map2(xp, g, out, n, [](T v, T d) { return v > T(0) ? d : (v < T(0) ? -d : T(0)); });
+    }
+  });
+}
+
+// out = silu(g) * u = g * sigmoid(g) * u. With s = sigmoid(g), silu'(g) = s * (1 + g * (1 - s)), so
+// ggate = d * u * s * (1 + g * (1 - s)) and gup = d * (g * s): one sigmoid per element for both.
+// Products are grouped as in ops::silu followed by ops::mul, so results equal that pair's bit for
+// bit (as built: -std=c++20 does not contract products into FMAs).
+void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) {
+  CHECK(gate.is_contiguous() && up.is_contiguous() && out.is_contiguous() && gate.shape() == up.shape() &&
+        gate.shape() == out.shape())
+      << "swiglu wants contiguous tensors of one shape: " << shape_str(gate.shape()) << ", " << shape_str(up.shape())
+      << ", " << shape_str(out.shape());
+  visit_float(out.dtype(), [&]<typename T>() {
+    const T* g = gate.data<T>();
+    const T* u = up.data<T>();
+    T* y = out.data<T>();
+    const int64_t n = out.numel();
+#pragma omp parallel for simd schedule(static) if (parallel_worth(n))
+    for (int64_t i = 0; i < n; ++i) y[i] = g[i] * sigmoid(g[i]) * u[i];
+  });
+}
+
+void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& gout, Tensor& ggate, Tensor& gup) {
+  CHECK(gate.is_contiguous() && up.is_contiguous() && gout.is_contiguous() && ggate.is_contiguous() &&
+        gup.is_contiguous() && gate.shape() == up.shape() && gate.shape() == gout.shape() &&
+        gate.shape() == ggate.shape() && gate.shape() == gup.shape())
+      << "swiglu_backward wants contiguous tensors of one shape: gate " << shape_str(gate.shape()) << ", gout "
+      << shape_str(gout.shape());
+  visit_float(gout.dtype(), [&]<typename T>() {
+    const T* g = gate.data<T>();
+    const T* u = up.data<T>();
+    const T* d = gout.data<T>();
+    T* dg = ggate.data<T>();
+    T* du = gup.data<T>();
+    const int64_t n = gout.numel();
+#pragma omp parallel for simd schedule(static) if (parallel_worth(n))
+    for (int64_t i = 0; i < n; ++i) {
+      const T s = sigmoid(g[i]);
+      dg[i] = d[i] * u[i] * s * (T(1) + g[i] * (T(1) - s));
+      du[i] = d[i] * (g[i] * s);
     }
   });
 }

@@ -19,6 +19,9 @@ void unary(UnaryOp op, double scalar, const Tensor& x, Tensor& y);
 void unary_backward(UnaryOp op, double scalar, const Tensor& x, const Tensor& y, const Tensor& gy, Tensor& gx);
 void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out);    // strided a, b
 void compare(CompareOp op, const Tensor& a, const Tensor& b, Tensor& out);  // strided a, b
+// SwiGLU, out = silu(gate) * up, and its backward in one pass: contiguous tensors of one shape.
+void swiglu(const Tensor& gate, const Tensor& up, Tensor& out);
+void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& gout, Tensor& ggate, Tensor& gup);
 
 // random.cc
 enum class Distribution { Uniform, Normal, Gumbel };

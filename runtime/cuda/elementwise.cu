@@ -188,7 +188,62 @@ __global__ void compare_kernel(CompareOp op, const T* a, const T* b, bool* out, 
   }
 }
 
+// SwiGLU as runtime/cpu/elementwise.cc computes it: out = g * sigmoid(g) * u; with s = sigmoid(g),
+// ggate = d * u * s * (1 + g * (1 - s)) and gup = d * (g * s).
+template <typename T>
+__global__ void swiglu_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out, int64_t n) {
+  BVLLM_GRID_STRIDE_LOOP(i, n) {
+    const acc_t<T> g = load(gate + i);
+    store(out + i, g * sigmoid(g) * load(up + i));
+  }
+}
+
+template <typename T>
+__global__ void swiglu_backward_kernel(const T* __restrict__ gate, const T* __restrict__ up, const T* __restrict__ gout,
+                                       T* __restrict__ ggate, T* __restrict__ gup, int64_t n) {
+  using A = acc_t<T>;
+  BVLLM_GRID_STRIDE_LOOP(i, n) {
+    const A g = load(gate + i), u = load(up + i), d = load(gout + i);
+    const A s = sigmoid(g);
+    store(ggate + i, d * u * s * (A(1) + g * (A(1) - s)));
+    store(gup + i, d * (g * s));
+  }
+}
+
 }  // namespace
+
+void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) {
+  BVLLM_REQUIRE(gate.is_contiguous() && up.is_contiguous() && out.is_contiguous() && gate.shape() == up.shape() &&
+                    gate.shape() == out.shape(),
+                "cuda::swiglu: expected contiguous tensors of one shape, got ", shape_str(gate.shape()), ", ",
+                shape_str(up.shape()), ", ", shape_str(out.shape()));
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  cudaStream_t stream = current_stream(out.device().index);
+  visit_float(out.dtype(), [&]<typename T>() {
+    swiglu_kernel<T>
+        <<<blocks_for(n), 256, 0, stream>>>(device_ptr<const T>(gate), device_ptr<const T>(up), device_ptr<T>(out), n);
+  });
+  BVLLM_CUDA_CHECK_LAUNCH();
+}
+
+void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& gout, Tensor& ggate, Tensor& gup) {
+  const Shape& shape = gout.shape();
+  BVLLM_REQUIRE(gate.is_contiguous() && up.is_contiguous() && gout.is_contiguous() && ggate.is_contiguous() &&
+                    gup.is_contiguous() && gate.shape() == shape && up.shape() == shape && ggate.shape() == shape &&
+                    gup.shape() == shape,
+                "cuda::swiglu_backward: expected contiguous tensors of one shape, got gate ", shape_str(gate.shape()),
+                ", gout ", shape_str(shape));
+  const int64_t n = gout.numel();
+  if (n == 0) return;
+  cudaStream_t stream = current_stream(gout.device().index);
+  visit_float(gout.dtype(), [&]<typename T>() {
+    swiglu_backward_kernel<T><<<blocks_for(n), 256, 0, stream>>>(device_ptr<const T>(gate), device_ptr<const T>(up),
+                                                                 device_ptr<const T>(gout), device_ptr<T>(ggate),
+                                                                 device_ptr<T>(gup), n);
+  });
+  BVLLM_CUDA_CHECK_LAUNCH();
+}
 
 void unary(UnaryOp op, double scalar, const Tensor& x, Tensor& y) {
   BVLLM_REQUIRE(x.is_contiguous() && y.is_contiguous() && x.numel() == y.numel(),

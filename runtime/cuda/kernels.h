@@ -23,6 +23,8 @@ void unary(UnaryOp op, double scalar, const Tensor& x, Tensor& y);
 void unary_backward(UnaryOp op, double scalar, const Tensor& x, const Tensor& y, const Tensor& gy, Tensor& gx);
 void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out);  // strided a, b
 void compare(CompareOp op, const Tensor& a, const Tensor& b, Tensor& out);
+void swiglu(const Tensor& gate, const Tensor& up, Tensor& out);
+void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& gout, Tensor& ggate, Tensor& gup);
 
 // random.cu: the same Philox streams as the CPU (element i of a draw uses the same counter).
 void fill_random(Tensor& t, Generator& gen, Distribution dist, double a, double b);

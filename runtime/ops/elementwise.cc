@@ -85,6 +85,28 @@ Tensor pow(const Tensor& a, double e) { return unary_op(UnaryOp::Pow, "pow", a, 
 Tensor tanh(const Tensor& a) { return unary_op(UnaryOp::Tanh, "tanh", a); }
 Tensor sigmoid(const Tensor& a) { return unary_op(UnaryOp::Sigmoid, "sigmoid", a); }
 Tensor silu(const Tensor& a) { return unary_op(UnaryOp::Silu, "silu", a); }
+
+Tensor swiglu(const Tensor& gate, const Tensor& up) {
+  detail::check_same_dtype_device(gate, up, "swiglu");
+  detail::check_floating(gate, "swiglu");
+  BVLLM_REQUIRE(gate.shape() == up.shape(), "swiglu: gate ", shape_str(gate.shape()), " and up ", shape_str(up.shape()),
+                " must have the same shape (no broadcasting)");
+  if (detail::widen_on_cpu(gate)) return swiglu(gate.to(DType::F32), up.to(DType::F32)).to(gate.dtype());
+  // Detached first: the node below records gate and up themselves, so no copy node is needed.
+  Tensor g = gate.detach().contiguous(), u = up.detach().contiguous();
+  Tensor out = Tensor::empty(g.shape(), g.dtype(), g.device());
+  BVLLM_KERNEL(g.device(), swiglu, g, u, out);
+  record("swiglu", {gate, up}, out, [g, u](const GradContext& ctx) {
+    Tensor d = ctx.grad().contiguous();
+    // Both gradients come from one read of gate, up and d; one alone would read the same three.
+    Tensor dg = Tensor::empty(d.shape(), d.dtype(), d.device());
+    Tensor du = Tensor::empty(d.shape(), d.dtype(), d.device());
+    BVLLM_KERNEL(d.device(), swiglu_backward, g, u, d, dg, du);
+    return std::vector<Tensor>{ctx.needs(0) ? dg : Tensor(), ctx.needs(1) ? du : Tensor()};
+  });
+  return out;
+}
+
 Tensor gelu(const Tensor& a, GeluApprox approx) {
   return approx == GeluApprox::Tanh ? unary_op(UnaryOp::GeluTanh, "gelu_tanh", a) : unary_op(UnaryOp::Gelu, "gelu", a);
 }

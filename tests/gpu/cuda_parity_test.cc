@@ -102,6 +102,9 @@ TEST_F(CudaParity, Elementwise) {
   check_both("gelu", {normal({3000})}, [](auto& x) { return ops::gelu(x[0]); });
   check_both("gelu_tanh", {normal({3000})}, [](auto& x) { return ops::gelu(x[0], ops::GeluApprox::Tanh); });
   check_both("strided input", {normal({64, 48})}, [](auto& x) { return ops::exp(x[0].transpose(0, 1)); });
+  check_both("swiglu", {normal({37, 1408}), normal({37, 1408})}, [](auto& x) { return ops::swiglu(x[0], x[1]); });
+  check_both("swiglu strided gate", {normal({64, 48}), normal({48, 64})},
+             [](auto& x) { return ops::swiglu(x[0].transpose(0, 1), x[1]); });
 }
 
 TEST_F(CudaParity, CastsAndCopies) {

@@ -158,6 +158,8 @@ case("topk", lambda a: torch.topk(a, 3, dim=-1).values, [r(4, 9)])
 case("cosine_similarity", lambda a, b: F.cosine_similarity(a, b, dim=-1), [r(4, 6), r(4, 6)])
 case("bicubic", lambda x: F.interpolate(x, size=(7, 5), mode="bicubic", align_corners=False), [r(1, 2, 4, 6)])
 case("bicubic_down", lambda x: F.interpolate(x, size=(3, 2), mode="bicubic", align_corners=False), [r(1, 1, 8, 5)])
+# Cases added later go here, after every other draw, so that the cases above keep their inputs.
+case("swiglu", lambda g, u: F.silu(g) * u, [r(5, 6), r(5, 6)])  # the Qwen2 MLP's act_fn(gate) * up
 
 here = os.path.dirname(os.path.abspath(__file__))
 save_safetensors(os.path.join(here, "fixtures", "ops.safetensors"), OUT)

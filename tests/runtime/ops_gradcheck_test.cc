@@ -46,6 +46,19 @@ TEST(Gradcheck, UnaryFunctions) {
   EXPECT_GRAD_OK([](const Inputs& x) { return ops::gelu(x[0], ops::GeluApprox::Tanh); }, any);
 }
 
+TEST(Gradcheck, SwiGLU) {
+  EXPECT_GRAD_OK([](const Inputs& x) { return ops::swiglu(x[0], x[1]); },
+                 Inputs{rand_f64({3, 7}, 60), rand_f64({3, 7}, 61)});
+  // A transposed gate is made contiguous first; its gradient goes back through the transpose.
+  EXPECT_GRAD_OK([](const Inputs& x) { return ops::swiglu(x[0].transpose(0, 1), x[1]); },
+                 Inputs{rand_f64({7, 3}, 62), rand_f64({3, 7}, 63)});
+  // Only up requires grad (gate frozen).
+  Tensor gate = rand_f64({2, 5}, 64, false);
+  EXPECT_GRAD_OK([&](const Inputs& x) { return ops::swiglu(gate, x[0]); }, Inputs{rand_f64({2, 5}, 65)});
+  // No broadcasting: the shapes must match.
+  EXPECT_THROW(ops::swiglu(rand_f64({3, 7}, 66, false), rand_f64({7}, 67, false)), Error);
+}
+
 TEST(Gradcheck, Reductions) {
   Inputs in{rand_f64({3, 4, 5}, 6)};
   EXPECT_GRAD_OK([](const Inputs& x) { return ops::sum(x[0]); }, in);

@@ -56,6 +56,7 @@ TEST(OpsParity, Elementwise) {
   check("tanh", [](const Inputs& x) { return ops::tanh(x[0]); });
   check("sigmoid", [](const Inputs& x) { return ops::sigmoid(x[0]); });
   check("silu", [](const Inputs& x) { return ops::silu(x[0]); });
+  check("swiglu", [](const Inputs& x) { return ops::swiglu(x[0], x[1]); });
   check("gelu", [](const Inputs& x) { return ops::gelu(x[0]); });
   check("gelu_tanh", [](const Inputs& x) { return ops::gelu(x[0], ops::GeluApprox::Tanh); });
   check("relu", [](const Inputs& x) { return ops::relu(x[0]); });
