@@ -4,8 +4,11 @@
 // Skips where there is no GPU (ctest label "gpu").
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <functional>
+#include <vector>
 
 #include "runtime/autograd.h"
 #include "runtime/cuda/backend.h"
@@ -204,6 +207,22 @@ TEST_F(CudaParity, AllocatorReusesFreedMemory) {
   EXPECT_EQ(after.allocated_bytes, before.allocated_bytes);
   EXPECT_LE(after.device_mallocs - before.device_mallocs, 1);  // one segment, reused nine times
   EXPECT_GE(after.peak_allocated_bytes, int64_t{4} << 20);
+}
+
+TEST_F(CudaParity, HostDeviceCopiesRoundTripExactly) {
+  // Sizes around the 64 KiB below which copies go direct and the 8 MiB staging chunks; the host
+  // side starts one byte into its vector, so nothing is aligned, and the byte before must survive.
+  const size_t mib = size_t{1} << 20;
+  for (size_t n : {size_t{1}, size_t{65535}, size_t{65536}, 8 * mib, 8 * mib + 1, 19 * mib + 12345}) {
+    SCOPED_TRACE(n);
+    std::vector<uint8_t> src(n + 1), back(n + 1, 0);
+    for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint8_t>((i * 2654435761u) >> 24);
+    Tensor dev = Tensor::empty({static_cast<int64_t>(n)}, DType::U8, Device::cuda());
+    cuda::copy_bytes(dev.raw_data(), dev.device(), src.data() + 1, Device::cpu(), n);
+    cuda::copy_bytes(back.data() + 1, Device::cpu(), dev.raw_data(), dev.device(), n);
+    EXPECT_EQ(back[0], 0);
+    EXPECT_TRUE(std::equal(src.begin() + 1, src.end(), back.begin() + 1));
+  }
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // GPU cases (bf16). tests/reference/bench_torch_gpu.py does the same work in PyTorch. Each
 // iteration ends with a device synchronize, so host timing covers the GPU work.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "layers/qwen2_block.h"
@@ -101,6 +102,36 @@ Result block_train_gpu(const Options& options) {
   return r;
 }
 
+// A 256 MiB tensor from pageable host memory to the GPU and back (Tensor::to, so through the
+// pinned staging of cuda::copy_bytes); GB/s per direction from the median of each.
+Result copy_host_gpu(const Options& options) {
+  require_gpu("copy_host_gpu");
+  constexpr int64_t n = int64_t{64} << 20;  // f32 elements
+  Generator gen{4, 0, 0};
+  Tensor host = ops::uniform({n}, gen);
+  std::vector<double> h2d, d2h;
+  auto ms_since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
+  };
+  Result r{"copy_host_gpu",
+           time_ms(options,
+                   [&] {
+                     auto t0 = std::chrono::steady_clock::now();
+                     Tensor dev = host.to(kGpu);
+                     h2d.push_back(ms_since(t0));
+                     auto t1 = std::chrono::steady_clock::now();
+                     Tensor back = dev.to(Device::cpu());
+                     d2h.push_back(ms_since(t1));
+                   }),
+           {}};
+  h2d.erase(h2d.begin(), h2d.end() - options.iters);  // time_ms also ran the warmup iterations
+  d2h.erase(d2h.begin(), d2h.end() - options.iters);
+  const double bytes = 4.0 * n;
+  r.extra["h2d_gb_per_s"] = bytes / (median(h2d) * 1e6);
+  r.extra["d2h_gb_per_s"] = bytes / (median(d2h) * 1e6);
+  return r;
+}
+
 }  // namespace
 
 const std::vector<Case>& gpu_cases() {
@@ -110,6 +141,7 @@ const std::vector<Case>& gpu_cases() {
       {"block_train_gpu",
        "forward+backward+AdamW of a Qwen2-7B decoder layer (3584, 28/4 heads, FFN 18944, seq 4096, bf16), peak memory",
        block_train_gpu},
+      {"copy_host_gpu", "256 MiB f32 pageable host -> GPU -> host (Tensor::to), GB/s each way", copy_host_gpu},
   };
   return all;
 }
