@@ -1,11 +1,17 @@
 #!/usr/bin/python3
 """PyTorch timings of the bvllm_bench CPU cases, same work, same thread count, same JSON lines.
 
-  /usr/bin/python3 tests/reference/bench_torch.py [--case all|matmul_cpu|block_train_cpu] [--iters N] [--threads N]
+  /usr/bin/python3 tests/reference/bench_torch.py [--case all|matmul_cpu|block_train_cpu|qwen2_decode_cpu]
+                                                  [--iters N] [--warmup N] [--threads N]
 
 block_train_cpu is one forward+backward+AdamW step of a Qwen2 decoder layer written as
 transformers' modeling_qwen2.py computes it (PyTorch 1.13 has no fused SDPA on the CPU, so
 attention is matmul-softmax-matmul, which is also what transformers' eager path does).
+
+qwen2_decode_cpu is greedy decoding with a KV cache through a random Qwen2-0.5B-shaped model (f32,
+tied embeddings): the prompt's forward pass, then one token at a time, keys and values appended
+with torch.cat as transformers' DynamicCache does, logits of the last position only
+(transformers' logits_to_keep=1), under torch.no_grad().
 """
 import argparse
 import json
@@ -87,6 +93,82 @@ def block_train_cpu(args):
     report("block_train_cpu", timed(step, args.warmup, args.iters), tokens=batch * seq)
 
 
+def qwen2_decode_cpu(args):
+    vocab, hidden, inter, layers, heads, kv_heads, hd, eps, theta = 151936, 896, 4864, 24, 14, 2, 64, 1e-6, 1e6
+    prompt_len, new_tokens = 32, 64
+
+    def mat(rows, cols):
+        return torch.randn(rows, cols) * 0.02
+
+    embed = mat(vocab, hidden)
+    blocks = [{"ln1": torch.ones(hidden), "wq": mat(heads * hd, hidden), "bq": torch.zeros(heads * hd),
+               "wk": mat(kv_heads * hd, hidden), "bk": torch.zeros(kv_heads * hd),
+               "wv": mat(kv_heads * hd, hidden), "bv": torch.zeros(kv_heads * hd), "wo": mat(hidden, heads * hd),
+               "ln2": torch.ones(hidden), "wg": mat(inter, hidden), "wu": mat(inter, hidden),
+               "wd": mat(hidden, inter)} for _ in range(layers)]
+    norm = torch.ones(hidden)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
+    prompt = torch.randint(0, vocab, (1, prompt_len))
+
+    def rms(t, weight):
+        t32 = t.float()
+        return weight * (t32 * torch.rsqrt(t32.pow(2).mean(-1, keepdim=True) + eps)).to(t.dtype)
+
+    def rot(t, cos, sin):
+        return t * cos + torch.cat((-t[..., hd // 2:], t[..., : hd // 2]), -1) * sin
+
+    def forward(ids, cache):
+        b, l = ids.shape
+        past = cache[0][0].shape[2] if cache[0] is not None else 0
+        freqs = torch.arange(past, past + l).float()[:, None] * inv_freq
+        cos, sin = torch.cat((freqs, freqs), -1).cos(), torch.cat((freqs, freqs), -1).sin()
+        mask = None
+        if l > 1:
+            mask = torch.full((l, past + l), float("-inf")).triu(past + 1)
+        h = F.embedding(ids, embed)
+        for i, w in enumerate(blocks):
+            x = rms(h, w["ln1"])
+            q = F.linear(x, w["wq"], w["bq"]).view(b, l, heads, hd).transpose(1, 2)
+            k = F.linear(x, w["wk"], w["bk"]).view(b, l, kv_heads, hd).transpose(1, 2)
+            v = F.linear(x, w["wv"], w["bv"]).view(b, l, kv_heads, hd).transpose(1, 2)
+            q, k = rot(q, cos, sin), rot(k, cos, sin)
+            if cache[i] is not None:
+                k, v = torch.cat((cache[i][0], k), 2), torch.cat((cache[i][1], v), 2)
+            cache[i] = (k, v)
+            k, v = k.repeat_interleave(heads // kv_heads, 1), v.repeat_interleave(heads // kv_heads, 1)
+            s = (q @ k.transpose(2, 3)) / math.sqrt(hd)
+            if mask is not None:
+                s = s + mask
+            a = F.softmax(s, dim=-1, dtype=torch.float32) @ v
+            h = h + F.linear(a.transpose(1, 2).reshape(b, l, heads * hd), w["wo"])
+            x = rms(h, w["ln2"])
+            h = h + F.linear(F.silu(F.linear(x, w["wg"])) * F.linear(x, w["wu"]), w["wd"])
+        return F.linear(rms(h[:, -1:], norm), embed)  # logits_to_keep=1
+
+    prefill_ms, step_ms = [], []
+
+    def generate():
+        cache = [None] * layers
+        start = time.perf_counter()
+        logits = forward(prompt, cache)
+        prefill_ms.append((time.perf_counter() - start) * 1e3)
+        start = time.perf_counter()
+        tokens = []
+        while True:
+            token = int(torch.argmax(logits[0, -1]))
+            tokens.append(token)
+            if len(tokens) == new_tokens:
+                break
+            logits = forward(torch.tensor([[token]]), cache)
+        step_ms.append((time.perf_counter() - start) * 1e3 / (new_tokens - 1))
+
+    with torch.no_grad():
+        ms = timed(generate, args.warmup, args.iters)
+    report("qwen2_decode_cpu", ms, prompt_tokens=prompt_len, new_tokens=new_tokens,
+           tokens_per_s=new_tokens / (statistics.median(ms) / 1e3),
+           prefill_ms=statistics.median(prefill_ms[args.warmup:]), decode_step_ms=statistics.median(step_ms[args.warmup:]))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--case", default="all")
@@ -97,7 +179,8 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    for name, fn in (("matmul_cpu", matmul_cpu), ("block_train_cpu", block_train_cpu)):
+    for name, fn in (("matmul_cpu", matmul_cpu), ("block_train_cpu", block_train_cpu),
+                     ("qwen2_decode_cpu", qwen2_decode_cpu)):
         if args.case in ("all", name):
             fn(args)
 

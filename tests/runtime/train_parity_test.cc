@@ -7,7 +7,7 @@
 #include <functional>
 #include <map>
 
-#include "layers/qwen2_block.h"
+#include "layers/qwen2.h"
 #include "runtime/autograd.h"
 #include "runtime/ops.h"
 #include "runtime/optim/adamw.h"
@@ -72,21 +72,29 @@ TEST(TrainParity, TwoLayerMlpMatchesPyTorch) {
 
 TEST(TrainParity, Qwen2DecoderBlockLmMatchesPyTorch) {
   Fixture f("train_qwen2_block");
-  layers::Qwen2BlockConfig config{
-      .hidden = 32, .heads = 4, .kv_heads = 2, .ffn = 88, .rms_eps = 1e-6, .rope_theta = 1e6};
-  layers::Qwen2BlockWeights block;
-  std::vector<std::string> names = {"embed_tokens.weight", "norm.weight", "lm_head.weight"};
-  for (auto& [name, t] : block.named()) names.push_back(name);
-  Params p = load_params(f, names);
-  for (auto& [name, t] : block.named()) *t = p[name];
+  const layers::Qwen2Config config{.vocab_size = 48,
+                                   .hidden_size = 32,
+                                   .intermediate_size = 88,
+                                   .num_hidden_layers = 1,
+                                   .num_attention_heads = 4,
+                                   .num_key_value_heads = 2,
+                                   .head_dim = 8,
+                                   .rms_norm_eps = 1e-6,
+                                   .rope_theta = 1e6};
+  layers::Qwen2DecoderLayer block(config);
+  std::map<std::string, Tensor> init;
+  for (const auto& [name, t] : block.named_parameters()) init[name] = f["init." + name];
+  block.load_state_dict(init);
+  Params p = load_params(f, {"embed_tokens.weight", "norm.weight", "lm_head.weight"});
+  for (const auto& [name, t] : block.named_parameters()) p[name] = t;  // the optimizer updates the block's own
 
   Tensor tokens = f["input.tokens"], labels = f["input.labels"];
   const int64_t b = tokens.size(0), l = tokens.size(1);
   auto [cos, sin] =
-      ops::rotary_tables(f["input.positions"], config.head_dim(), config.rope_theta, ops::RotaryStyle::HalfSplit);
+      ops::rotary_tables(f["input.positions"], config.head_dim, config.rope_theta, ops::RotaryStyle::HalfSplit);
   train_and_compare(f, p, [&] {
     Tensor h = ops::embedding(p["embed_tokens.weight"], tokens);
-    h = ops::rms_norm(layers::qwen2_block(block, config, h, cos, sin), p["norm.weight"], config.rms_eps);
+    h = ops::rms_norm(block.forward(h, cos, sin), p["norm.weight"], config.rms_norm_eps);
     Tensor logits = ops::linear(h, p["lm_head.weight"]);
     return ops::cross_entropy(logits.reshape({b * l, -1}), labels.reshape({b * l}));
   });

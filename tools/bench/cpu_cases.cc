@@ -1,5 +1,8 @@
 // CPU cases. tests/reference/bench_torch.py does the same work in PyTorch.
-#include "layers/qwen2_block.h"
+#include <algorithm>
+
+#include "layers/generate.h"
+#include "layers/qwen2.h"
 #include "runtime/autograd.h"
 #include "runtime/ops.h"
 #include "runtime/optim/adamw.h"
@@ -23,27 +26,78 @@ Result matmul_cpu(const Options& options) {
 
 // One training step of a Qwen2-shaped decoder layer: forward, backward of sum(y * g), AdamW.
 Result block_train_cpu(const Options& options) {
-  layers::Qwen2BlockConfig config{.hidden = 512, .heads = 8, .kv_heads = 2, .ffn = 1408};
+  const layers::Qwen2Config config{.vocab_size = 151936,
+                                   .hidden_size = 512,
+                                   .intermediate_size = 1408,
+                                   .num_hidden_layers = 1,
+                                   .num_attention_heads = 8,
+                                   .num_key_value_heads = 2,
+                                   .head_dim = 64,
+                                   .rope_theta = 1e6};
   constexpr int64_t batch = 4, seq = 256;
   Generator gen{2, 0, 0};
-  layers::Qwen2BlockWeights w = layers::Qwen2BlockWeights::init(config, gen);
-  std::vector<Tensor> params;
-  for (auto& [name, t] : w.named()) params.push_back(t->set_requires_grad(true));
-  optim::AdamW opt(params, {.lr = 1e-4});
-  Tensor x = ops::normal({batch, seq, config.hidden}, gen);
-  Tensor g = ops::normal({batch, seq, config.hidden}, gen);
+  layers::Qwen2DecoderLayer layer(config);
+  layer.reset_parameters(gen, config.initializer_range);
+  optim::AdamW opt(layer.parameters(), {.lr = 1e-4});
+  Tensor x = ops::normal({batch, seq, config.hidden_size}, gen);
+  Tensor g = ops::normal({batch, seq, config.hidden_size}, gen);
   auto [cos, sin] =
-      ops::rotary_tables(ops::arange(0, seq), config.head_dim(), config.rope_theta, ops::RotaryStyle::HalfSplit);
+      ops::rotary_tables(ops::arange(0, seq), config.head_dim, config.rope_theta, ops::RotaryStyle::HalfSplit);
   Result r{"block_train_cpu",
            time_ms(options,
                    [&] {
                      opt.zero_grad();
-                     Tensor y = layers::qwen2_block(w, config, x, cos, sin);
+                     Tensor y = layer.forward(x, cos, sin);
                      ops::sum(ops::mul(y, g)).backward();
                      opt.step();
                    }),
            {}};
   r.extra["tokens"] = batch * seq;
+  return r;
+}
+
+double median_of(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+// Greedy decoding with a KV cache: a random Qwen2-0.5B-shaped model (f32, tied embeddings), a
+// 32-token prompt, 64 new tokens (prefill, then 63 one-token steps). One iteration is one whole
+// generate(); tokens_per_s counts the new tokens over all of it.
+Result qwen2_decode_cpu(const Options& options) {
+  const layers::Qwen2Config config{.vocab_size = 151936,
+                                   .hidden_size = 896,
+                                   .intermediate_size = 4864,
+                                   .num_hidden_layers = 24,
+                                   .num_attention_heads = 14,
+                                   .num_key_value_heads = 2,
+                                   .head_dim = 64,
+                                   .rope_theta = 1e6,
+                                   .tie_word_embeddings = true};
+  constexpr int64_t prompt_len = 32, new_tokens = 64;
+  Generator gen{5, 0, 0};
+  layers::Qwen2ForCausalLM model(config);
+  model.init_weights(gen);
+  model.eval();
+  std::vector<int64_t> prompt =
+      ops::uniform({prompt_len}, gen, 0, static_cast<double>(config.vocab_size)).to(DType::I64).to_vector<int64_t>();
+  std::vector<double> prefill_ms, step_ms;
+  Result r{"qwen2_decode_cpu",
+           time_ms(options,
+                   [&] {
+                     layers::GenerationResult g = layers::generate(model, prompt, {.max_new_tokens = new_tokens});
+                     BVLLM_REQUIRE(static_cast<int64_t>(g.tokens.size()) == new_tokens, "qwen2_decode_cpu: got ",
+                                   g.tokens.size(), " tokens");
+                     prefill_ms.push_back(g.prefill_seconds * 1e3);
+                     step_ms.push_back(g.decode_seconds * 1e3 / (new_tokens - 1));
+                   }),
+           {}};
+  r.extra["prompt_tokens"] = prompt_len;
+  r.extra["new_tokens"] = new_tokens;
+  r.extra["tokens_per_s"] = new_tokens / (median_of(r.ms) / 1e3);
+  // The lists also hold the warm-up iterations; the medians skip them.
+  r.extra["prefill_ms"] = median_of({prefill_ms.begin() + options.warmup, prefill_ms.end()});
+  r.extra["decode_step_ms"] = median_of({step_ms.begin() + options.warmup, step_ms.end()});
   return r;
 }
 
@@ -55,6 +109,9 @@ const std::vector<Case>& cpu_cases() {
       {"block_train_cpu",
        "forward+backward+AdamW of a Qwen2 decoder layer (hidden 512, 8/2 heads, FFN 1408, seq 256, batch 4, f32)",
        block_train_cpu},
+      {"qwen2_decode_cpu",
+       "greedy decoding with a KV cache, Qwen2-0.5B-shaped random model (f32, tied), 32-token prompt, 64 new tokens",
+       qwen2_decode_cpu},
   };
   return all;
 }

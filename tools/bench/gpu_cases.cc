@@ -4,7 +4,7 @@
 #include <chrono>
 #include <cmath>
 
-#include "layers/qwen2_block.h"
+#include "layers/qwen2.h"
 #include "runtime/autograd.h"
 #include "runtime/cuda/backend.h"
 #include "runtime/ops.h"
@@ -69,25 +69,29 @@ Result attention_gpu(const Options& options) {
 // One training step of a Qwen2-7B-shaped decoder layer, bf16 weights with f32 AdamW master.
 Result block_train_gpu(const Options& options) {
   require_gpu("block_train_gpu");
-  layers::Qwen2BlockConfig config{.hidden = 3584, .heads = 28, .kv_heads = 4, .ffn = 18944};
+  const layers::Qwen2Config config{.vocab_size = 152064,
+                                   .hidden_size = 3584,
+                                   .intermediate_size = 18944,
+                                   .num_hidden_layers = 1,
+                                   .num_attention_heads = 28,
+                                   .num_key_value_heads = 4,
+                                   .head_dim = 128,
+                                   .rope_theta = 1e6};
   constexpr int64_t batch = 1, seq = 4096;
   Generator gen{3, 0, 0};
-  layers::Qwen2BlockWeights w = layers::Qwen2BlockWeights::init(config, gen, DType::BF16);
-  std::vector<Tensor> params;
-  for (auto& [name, t] : w.named()) {
-    *t = t->to(kGpu);
-    params.push_back(t->set_requires_grad(true));
-  }
-  optim::AdamW opt(params, {.lr = 1e-5});
-  Tensor x = ops::normal({batch, seq, config.hidden}, gen, 0, 1, DType::BF16, kGpu);
-  Tensor g = ops::normal({batch, seq, config.hidden}, gen, 0, 1, DType::BF16, kGpu);
+  layers::Qwen2DecoderLayer layer(config, DType::BF16);
+  layer.reset_parameters(gen, config.initializer_range);
+  layer.to(kGpu);
+  optim::AdamW opt(layer.parameters(), {.lr = 1e-5});
+  Tensor x = ops::normal({batch, seq, config.hidden_size}, gen, 0, 1, DType::BF16, kGpu);
+  Tensor g = ops::normal({batch, seq, config.hidden_size}, gen, 0, 1, DType::BF16, kGpu);
   auto [cos, sin] =
-      ops::rotary_tables(ops::arange(0, seq), config.head_dim(), config.rope_theta, ops::RotaryStyle::HalfSplit);
+      ops::rotary_tables(ops::arange(0, seq), config.head_dim, config.rope_theta, ops::RotaryStyle::HalfSplit);
   cos = cos.to(DType::BF16).to(kGpu);
   sin = sin.to(DType::BF16).to(kGpu);
   auto step = [&] {
     opt.zero_grad();
-    Tensor y = layers::qwen2_block(w, config, x, cos, sin);
+    Tensor y = layer.forward(x, cos, sin);
     run_backward({y}, {g});
     opt.step();
     cuda::synchronize(0);
