@@ -30,7 +30,7 @@ void empty_cache(int device);
 // that leaves an output element unwritten is caught.
 void set_poison_allocations(bool poison);
 
-bool available();  // built with CUDA and a device is present
+bool available();              // built with CUDA and a device is present
 void synchronize(int device);  // waits for the device's current stream
 int device_count();
 // Device memory from the caching allocator, ordered on the device's current stream.

@@ -82,7 +82,6 @@ void check_range(const Tensor& index, int64_t n, const char* op) {
 }  // namespace
 
 Tensor index_select(const Tensor& a, int64_t dim, const Tensor& index) {
-  
   int d = normalize_dim(dim, a.dim(), "index_select");
   Tensor idx = check_index(index, a, "index_select");
   BVLLM_REQUIRE(idx.dim() == 1, "index_select: index must be 1-D, got ", shape_str(idx.shape()));
@@ -101,7 +100,6 @@ Tensor index_select(const Tensor& a, int64_t dim, const Tensor& index) {
 }
 
 Tensor gather(const Tensor& a, int64_t dim, const Tensor& index) {
-  
   int d = normalize_dim(dim, a.dim(), "gather");
   Tensor idx = check_index(index, a, "gather");
   bool ok = idx.dim() == a.dim();
@@ -146,7 +144,6 @@ Tensor masked_fill(const Tensor& a, const Tensor& mask, double value) {
 }
 
 TopK topk(const Tensor& a, int64_t k, int64_t dim) {
-  
   BVLLM_REQUIRE(a.dim() >= 1, "topk: input must have at least one dim");
   int d = normalize_dim(dim, a.dim(), "topk");
   BVLLM_REQUIRE(k >= 0 && k <= a.shape()[d], "topk: k = ", k, " but dim ", d, " has ", a.shape()[d], " elements");

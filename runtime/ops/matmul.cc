@@ -24,7 +24,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   BVLLM_REQUIRE(a.size(-1) == b.size(-2), "matmul: inner dims differ: ", shape_str(a.shape()), " @ ",
                 shape_str(b.shape()));
   if (detail::widen_on_cpu(a)) return matmul(a.to(DType::F32), b.to(DType::F32)).to(a.dtype());
-  
+
   const int64_t m = a.size(-2), k = a.size(-1), n = b.size(-1);
   Shape batch_a(a.shape().begin(), a.shape().end() - 2), batch_b(b.shape().begin(), b.shape().end() - 2);
   Shape batch_shape = broadcast_shapes(batch_a, batch_b, "matmul");

@@ -44,7 +44,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
     auto widen = [](const Tensor& t) { return t.defined() ? t.to(DType::F32) : t; };
     return layer_norm(widen(x), widen(weight), widen(bias), eps).to(x.dtype());
   }
-  
+
   Tensor xc = x.detach().contiguous();
   Tensor w = weight.defined() ? weight.detach().contiguous() : Tensor();
   Tensor b = bias.defined() ? bias.detach().contiguous() : Tensor();
@@ -70,7 +70,7 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   detail::check_defined(weight, "rms_norm", "weight");
   BVLLM_REQUIRE(x.dim() >= 1 && weight.shape() == Shape{x.size(-1)}, "rms_norm: weight must be [", x.size(-1),
                 "], got ", shape_str(weight.shape()));
-  
+
   // As Qwen2RMSNorm: normalize in f32 (f64 stays f64), cast back to x's dtype, then scale.
   Tensor x32 = x.dtype() == DType::F64 ? x : x.to(DType::F32);
   Tensor xc = x32.detach().contiguous();

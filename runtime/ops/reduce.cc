@@ -22,7 +22,7 @@ Tensor sum_one_dim(const Tensor& a, int d) {
 Tensor sum(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim) {
   detail::check_floating(a, "sum");
   if (detail::widen_on_cpu(a)) return sum(a.to(DType::F32), dims, keepdim).to(a.dtype());
-  
+
   std::vector<int> ds;
   for (int64_t d : dims) ds.push_back(normalize_dim(d, a.dim(), "sum"));
   std::sort(ds.begin(), ds.end());
@@ -61,9 +61,9 @@ std::pair<Tensor, Tensor> max_with_indices(const Tensor& a, int64_t dim, bool ke
   int d = normalize_dim(dim, a.dim(), op);
   BVLLM_REQUIRE(a.dim() > 0 && a.shape()[d] > 0, op, ": cannot reduce an empty dim");
   // The CPU compares in f32 (f64 for f64 and integers); CUDA reads floating dtypes directly.
-  DType compute = a.device().is_cuda() && is_floating(a.dtype()) ? a.dtype()
+  DType compute = a.device().is_cuda() && is_floating(a.dtype())      ? a.dtype()
                   : is_floating(a.dtype()) && a.dtype() != DType::F64 ? DType::F32
-                                                                       : DType::F64;
+                                                                      : DType::F64;
   Tensor x = a.detach().to(compute).contiguous();
   DimSplit s = split_at(x.shape(), d);
   Shape out_shape = x.shape();

@@ -45,8 +45,7 @@ Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin, RotaryStyle
     BVLLM_REQUIRE(v.dim() == 3 && (v.size(0) == 1 || v.size(0) == b) && v.size(1) == l && v.size(2) == d,
                   "rotary: ", name, " must be [", l, ", ", d, "] or [", b, ", ", l, ", ", d, "], got ",
                   shape_str(t.shape()));
-    BVLLM_REQUIRE(v.device() == x.device(), "rotary: ", name, " is on ", v.device().str(), ", x on ",
-                  x.device().str());
+    BVLLM_REQUIRE(v.device() == x.device(), "rotary: ", name, " is on ", v.device().str(), ", x on ", x.device().str());
     // The CPU rotates in f32 (f64); CUDA reads the tables in x's dtype, as Qwen2 casts them to it.
     DType table_dtype = x.device().is_cuda() ? x.dtype() : detail::stat_dtype(x.dtype());
     return v.detach().to(table_dtype).contiguous();
