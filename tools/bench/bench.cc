@@ -28,16 +28,19 @@ std::vector<double> time_ms(const Options& options, const std::function<void()>&
   return ms;
 }
 
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n == 0 ? 0.0 : (n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]));
+}
+
 std::string to_json(const Result& result) {
-  std::vector<double> sorted = result.ms;
-  std::sort(sorted.begin(), sorted.end());
-  const size_t n = sorted.size();
-  const double median = n == 0 ? 0 : (n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]));
+  const std::vector<double>& ms = result.ms;
   nlohmann::ordered_json j;
   j["case"] = result.name;
-  j["median_ms"] = median;
-  j["min_ms"] = n ? sorted.front() : 0.0;
-  j["iters"] = n;
+  j["median_ms"] = median(result.ms);
+  j["min_ms"] = ms.empty() ? 0.0 : *std::min_element(ms.begin(), ms.end());
+  j["iters"] = ms.size();
   j["threads"] = omp_get_max_threads();
   for (const auto& [key, value] : result.extra) j[key] = value;
   return j.dump();

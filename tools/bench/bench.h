@@ -32,6 +32,9 @@ const std::vector<Case>& gpu_cases();  // tools/bench/gpu_cases.cc (fail clearly
 // Runs `work` warmup + iters times and records the timed iterations in milliseconds.
 std::vector<double> time_ms(const Options& options, const std::function<void()>& work);
 
+// The median (mean of the two middle values for an even count; 0 for none).
+double median(std::vector<double> values);
+
 // {"case":..., "median_ms":..., "min_ms":..., "iters":..., "threads":..., extra...}
 std::string to_json(const Result& result);
 

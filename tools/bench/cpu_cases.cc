@@ -18,9 +18,7 @@ Result matmul_cpu(const Options& options) {
   Tensor a = ops::normal({n, n}, gen), b = ops::normal({n, n}, gen);
   NoGradGuard no_grad;
   Result r{"matmul_cpu", time_ms(options, [&] { ops::matmul(a, b); }), {}};
-  std::vector<double> sorted = r.ms;
-  std::sort(sorted.begin(), sorted.end());
-  r.extra["gflops"] = 2.0 * n * n * n / (sorted[sorted.size() / 2] * 1e6);
+  r.extra["gflops"] = 2.0 * n * n * n / (median(r.ms) * 1e6);
   return r;
 }
 
@@ -56,11 +54,6 @@ Result block_train_cpu(const Options& options) {
   return r;
 }
 
-double median_of(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
-
 // Greedy decoding with a KV cache: a random Qwen2-0.5B-shaped model (f32, tied embeddings), a
 // 32-token prompt, 64 new tokens (prefill, then 63 one-token steps). One iteration is one whole
 // generate(); tokens_per_s counts the new tokens over all of it.
@@ -94,10 +87,10 @@ Result qwen2_decode_cpu(const Options& options) {
            {}};
   r.extra["prompt_tokens"] = prompt_len;
   r.extra["new_tokens"] = new_tokens;
-  r.extra["tokens_per_s"] = new_tokens / (median_of(r.ms) / 1e3);
+  r.extra["tokens_per_s"] = new_tokens / (median(r.ms) / 1e3);
   // The lists also hold the warm-up iterations; the medians skip them.
-  r.extra["prefill_ms"] = median_of({prefill_ms.begin() + options.warmup, prefill_ms.end()});
-  r.extra["decode_step_ms"] = median_of({step_ms.begin() + options.warmup, step_ms.end()});
+  r.extra["prefill_ms"] = median({prefill_ms.begin() + options.warmup, prefill_ms.end()});
+  r.extra["decode_step_ms"] = median({step_ms.begin() + options.warmup, step_ms.end()});
   return r;
 }
 

@@ -21,11 +21,6 @@ void require_gpu(const char* name) {
   BVLLM_REQUIRE(cuda::available(), name, ": needs a CUDA device (this build or machine has none)");
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 Result gemm_bf16_gpu(const Options& options) {
   require_gpu("gemm_bf16_gpu");
   constexpr int64_t n = 8192;
