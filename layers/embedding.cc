@@ -8,7 +8,7 @@ namespace bvllm::layers {
 Embedding::Embedding(int64_t num_embeddings, int64_t embedding_dim, DType dtype) {
   BVLLM_REQUIRE(num_embeddings > 0 && embedding_dim > 0, "Embedding: sizes must be positive, got ", num_embeddings,
                 " x ", embedding_dim);
-  weight_ = Tensor::empty({num_embeddings, embedding_dim}, dtype);
+  weight_ = empty_parameter({num_embeddings, embedding_dim}, dtype);
   register_parameter("weight", &weight_);
 }
 

@@ -11,10 +11,10 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool bias, DType dtype
     : in_(in_features), out_(out_features) {
   BVLLM_REQUIRE(in_features > 0 && out_features > 0, "Linear: features must be positive, got in ", in_features,
                 ", out ", out_features);
-  weight_ = Tensor::empty({out_features, in_features}, dtype);
+  weight_ = empty_parameter({out_features, in_features}, dtype);
   register_parameter("weight", &weight_);
   if (bias) {
-    bias_ = Tensor::empty({out_features}, dtype);
+    bias_ = empty_parameter({out_features}, dtype);
     register_parameter("bias", &bias_);
   }
 }

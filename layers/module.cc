@@ -10,6 +10,17 @@
 
 namespace bvllm::layers {
 
+// --- parameter device ----------------------------------------------------------------------
+
+namespace {
+thread_local Device parameter_device = Device::cpu();
+}  // namespace
+
+ParameterDeviceScope::ParameterDeviceScope(Device device) : previous_(parameter_device) { parameter_device = device; }
+ParameterDeviceScope::~ParameterDeviceScope() { parameter_device = previous_; }
+
+Tensor empty_parameter(const Shape& shape, DType dtype) { return Tensor::empty(shape, dtype, parameter_device); }
+
 // --- NamePattern -----------------------------------------------------------------------------
 
 NamePattern NamePattern::glob(std::string pattern) {

@@ -134,6 +134,23 @@ class Module {
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
 };
 
+// The device that modules built on this thread allocate their parameters on: the CPU, unless a
+// ParameterDeviceScope is alive. Building under `ParameterDeviceScope scope(Device::meta());`
+// gives every parameter its shape and dtype but no bytes, so a paper-scale model can be built and
+// described (parameter counts per module) on a machine that could not hold its weights.
+class ParameterDeviceScope {
+ public:
+  explicit ParameterDeviceScope(Device device);
+  ~ParameterDeviceScope();
+  ParameterDeviceScope(const ParameterDeviceScope&) = delete;
+  ParameterDeviceScope& operator=(const ParameterDeviceScope&) = delete;
+
+ private:
+  Device previous_;
+};
+// An uninitialized parameter tensor on the current parameter device.
+Tensor empty_parameter(const Shape& shape, DType dtype);
+
 // Children named "0", "1", ...: model.layers.N.
 template <typename M>
 class ModuleList : public Module {

@@ -8,7 +8,8 @@ namespace bvllm::layers {
 RMSNorm::RMSNorm(int64_t hidden, double eps, DType dtype) : eps_(eps) {
   BVLLM_REQUIRE(hidden > 0, "RMSNorm: hidden size must be positive, got ", hidden);
   BVLLM_REQUIRE(eps > 0, "RMSNorm: eps must be positive, got ", eps);
-  weight_ = ops::ones({hidden}, dtype);
+  weight_ = empty_parameter({hidden}, dtype);
+  if (!weight_.device().is_meta()) weight_.fill_(1.0);  // torch's init: ones
   register_parameter("weight", &weight_);
 }
 

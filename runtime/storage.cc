@@ -16,6 +16,7 @@ Storage::~Storage() {
 }
 
 std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device) {
+  if (device.is_meta()) return std::make_shared<Storage>(nullptr, nbytes, device, Deleter());
   if (device.is_cuda()) {
     void* p = cuda::device_malloc(nbytes, device.index);
     return std::make_shared<Storage>(p, nbytes, device,

@@ -116,6 +116,8 @@ bool Tensor::is_contiguous() const {
 }
 
 void* Tensor::raw_data() const {
+  BVLLM_REQUIRE(!device().is_meta(), "tensor ", shape_str(shape()),
+                " is on the meta device: it has a shape but no data (a model built only to be described)");
   return static_cast<char*>(impl_->storage->data()) + impl_->offset * static_cast<int64_t>(dtype_size(dtype()));
 }
 

@@ -165,3 +165,33 @@ TEST(Module, LoadStateDictReplacesValuesAndReportsEveryProblem) {
 
 }  // namespace
 }  // namespace bvllm::layers
+
+namespace bvllm::layers {
+namespace {
+
+TEST(Module, ParameterDeviceScopeBuildsWithoutBytes) {
+  std::shared_ptr<Linear> meta_linear;
+  std::shared_ptr<RMSNorm> meta_norm;
+  {
+    ParameterDeviceScope scope(Device::meta());
+    meta_linear = std::make_shared<Linear>(4096, 11008, true);
+    meta_norm = std::make_shared<RMSNorm>(4096, 1e-6);
+  }
+  EXPECT_TRUE(meta_linear->weight().device().is_meta());
+  EXPECT_TRUE(meta_norm->weight().device().is_meta());
+  EXPECT_EQ(meta_linear->num_parameters(), 4096 * 11008 + 11008);
+  EXPECT_EQ(meta_linear->weight().shape(), (Shape{11008, 4096}));
+  // Reading a meta tensor is refused with an explanation, not a crash.
+  try {
+    (void)meta_linear->weight().to_vector<float>();
+    FAIL() << "reading a meta tensor must throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("meta device"), std::string::npos) << e.what();
+  }
+  // The scope ends: modules built afterwards are on the CPU again.
+  Linear cpu_linear(2, 3, false);
+  EXPECT_TRUE(cpu_linear.weight().device().is_cpu());
+}
+
+}  // namespace
+}  // namespace bvllm::layers
