@@ -303,8 +303,11 @@ Tensor Qwen2Model::forward_embeds(const Tensor& embeds, const Qwen2ForwardOption
   return norm->forward(h);
 }
 
-Qwen2ForCausalLM::Qwen2ForCausalLM(const Qwen2Config& c, DType dtype) : config_(c) {
-  model = register_module("model", std::make_shared<Qwen2Model>(c, dtype));
+Qwen2ForCausalLM::Qwen2ForCausalLM(const Qwen2Config& c, DType dtype)
+    : Qwen2ForCausalLM(c, std::make_shared<Qwen2Model>(c, dtype), dtype) {}
+
+Qwen2ForCausalLM::Qwen2ForCausalLM(const Qwen2Config& c, std::shared_ptr<Qwen2Model> base, DType dtype) : config_(c) {
+  model = register_module("model", std::move(base));
   if (!c.tie_word_embeddings)
     lm_head = register_module("lm_head", std::make_shared<Linear>(c.hidden_size, c.vocab_size, false, dtype));
 }

@@ -148,6 +148,10 @@ class Qwen2ForCausalLM : public Module {
   std::shared_ptr<Qwen2Model> model;
   std::shared_ptr<Linear> lm_head;  // null when tied
 
+ protected:
+  // For models that extend Qwen2Model (B-VLLM adds its vision side under model.*).
+  Qwen2ForCausalLM(const Qwen2Config& config, std::shared_ptr<Qwen2Model> model, DType dtype);
+
  private:
   Qwen2Config config_;
 };
