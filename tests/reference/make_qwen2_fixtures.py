@@ -112,8 +112,12 @@ def linear(p, name, x, lora):
 
 
 def forward(c, p, ids, lora=None):
-    b, l = ids.shape
-    h = F.embedding(ids, p["model.embed_tokens.weight"])
+    return forward_embeds(c, p, F.embedding(ids, p["model.embed_tokens.weight"]), lora)
+
+
+def forward_embeds(c, p, h, lora=None):
+    """Qwen2ForCausalLM from inputs_embeds h [b, l, hidden] (what a VLM splices visual tokens into)."""
+    b, l, _ = h.shape
     positions = torch.arange(l, dtype=torch.int64)[None, :].expand(b, l)
     cos, sin = rotary(c, positions, h.dtype)
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
@@ -266,10 +270,11 @@ def make(name, c, style, eos, file_dtype, seed, shard_bytes=None, with_lora=Fals
                      {k: v.detach().contiguous() for k, v in out.items()})
 
 
-torch.manual_seed(0)
-make("qwen2_tied", Config(vocab=96, hidden=32, inter=64, layers=2, heads=4, kv_heads=2, head_dim=8, theta=1e6,
-                          eps=1e-6, tied=True),
-     style="v4", eos=2, file_dtype=torch.float32, seed=11, with_lora=True)
-make("qwen2_untied", Config(vocab=80, hidden=48, inter=96, layers=2, heads=7, kv_heads=1, head_dim=8, theta=1e6,
-                            eps=1e-5, tied=False),
-     style="v5", eos=[2, 3], file_dtype=torch.bfloat16, seed=12, shard_bytes=40000)
+if __name__ == "__main__":  # bvllm_reference.py imports the model functions
+    torch.manual_seed(0)
+    make("qwen2_tied", Config(vocab=96, hidden=32, inter=64, layers=2, heads=4, kv_heads=2, head_dim=8, theta=1e6,
+                              eps=1e-6, tied=True),
+         style="v4", eos=2, file_dtype=torch.float32, seed=11, with_lora=True)
+    make("qwen2_untied", Config(vocab=80, hidden=48, inter=96, layers=2, heads=7, kv_heads=1, head_dim=8, theta=1e6,
+                                eps=1e-5, tied=False),
+         style="v5", eos=[2, 3], file_dtype=torch.bfloat16, seed=12, shard_bytes=40000)
