@@ -8,8 +8,12 @@ namespace bvllm::layers {
 LayerNorm::LayerNorm(int64_t dim, double eps, DType dtype) : eps_(eps) {
   BVLLM_REQUIRE(dim > 0, "LayerNorm: dim must be positive, got ", dim);
   BVLLM_REQUIRE(eps > 0, "LayerNorm: eps must be positive, got ", eps);
-  weight_ = ops::ones({dim}, dtype);
-  bias_ = ops::zeros({dim}, dtype);
+  weight_ = empty_parameter({dim}, dtype);
+  bias_ = empty_parameter({dim}, dtype);
+  if (!weight_.device().is_meta()) {  // torch's init: ones and zeros
+    weight_.fill_(1.0);
+    bias_.zero_();
+  }
   register_parameter("weight", &weight_);
   register_parameter("bias", &bias_);
 }
