@@ -37,11 +37,12 @@ void Linear::add_lora(const LoraOptions& options, Generator& gen) {
   lora_ = options;
   lora_scale_ = options.alpha / static_cast<double>(options.rank);
   const DType dtype = weight_.dtype();
-  lora_A_ = register_module("lora_A", std::make_shared<Linear>(in_, options.rank, false, dtype));
-  lora_B_ = register_module("lora_B", std::make_shared<Linear>(options.rank, out_, false, dtype));
-  lora_A_->to(weight_.device());
-  lora_B_->to(weight_.device());
-  init_lora(gen);
+  {
+    ParameterDeviceScope on_weight_device(weight_.device());
+    lora_A_ = register_module("lora_A", std::make_shared<Linear>(in_, options.rank, false, dtype));
+    lora_B_ = register_module("lora_B", std::make_shared<Linear>(options.rank, out_, false, dtype));
+  }
+  if (!weight_.device().is_meta()) init_lora(gen);  // a meta model has shapes only
 }
 
 void Linear::init_lora(Generator& gen) {
