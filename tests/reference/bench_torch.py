@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """PyTorch timings of the bvllm_bench CPU cases, same work, same thread count, same JSON lines.
 
-  /usr/bin/python3 tests/reference/bench_torch.py [--case all|matmul_cpu|block_train_cpu|qwen2_decode_cpu]
+  /usr/bin/python3 tests/reference/bench_torch.py [--case all|matmul_cpu|block_train_cpu|qwen2_decode_cpu|vision_cpu]
                                                   [--iters N] [--warmup N] [--threads N]
 
 block_train_cpu is one forward+backward+AdamW step of a Qwen2 decoder layer written as
@@ -169,6 +169,40 @@ def qwen2_decode_cpu(args):
            prefill_ms=statistics.median(prefill_ms[args.warmup:]), decode_step_ms=statistics.median(step_ms[args.warmup:]))
 
 
+def vision_cpu(args):
+    """bvllm_bench's vision_cpu: the B-VLLM visual path of bvllm_reference.py (the code the C++ is
+    checked against) for one 16-frame video, no grad, noise-free selection, no temporal merge."""
+    import bvllm_reference as R
+    from make_bvllm_fixtures import eva_params, qformer_params
+
+    frames, question = 16, 24
+    eva = R.EvaConfig(img=224, patch=14, width=384, depth=6, heads=6)
+    qf = R.QFormerConfig(vocab=30523, hidden=256, layers=6, heads=4, intermediate=1024, max_positions=512,
+                         encoder_width=384, num_query=32)
+    head = R.HeadConfig(temporal_queries=16, threshold=1.0)  # (cos + 1) / 2 never exceeds 1: no merge
+    hidden = 512
+    p = eva_params(eva, eva.grid, R.EVA_PREFIX)
+    for which in ("temporal", "spatial"):
+        p.update(qformer_params(qf, prefix=f"model.vlm_att_encoder_{which}.bert."))
+        p[f"model.vlm_att_query_{which}"] = torch.randn(1, 32, 256) * 0.02
+    p["model.vlm_att_ln_temporal.weight"], p["model.vlm_att_ln_temporal.bias"] = torch.ones(384), torch.zeros(384)
+    for name, shape in (("vlm_att_projector_temporal", (384, 256)), ("vlm_att_projector_spatial", (384, 256)),
+                        ("vlm_att_val_projector_spatial", (hidden, 384))):
+        p[f"model.{name}.weight"], p[f"model.{name}.bias"] = torch.randn(*shape) * 0.02, torch.zeros(shape[0])
+    pixels = torch.randn(frames, 3, 224, 224)
+    ids = torch.randint(1000, 30000, (1, question))
+    mask = torch.ones(1, question, dtype=torch.int64)
+    noise = torch.zeros(head.temporal_queries, frames)
+
+    def run():
+        z, info = R.visual_tokens(p, pixels, noise, ids, mask, eva, qf, head, chain_resolved=True)
+        assert info["kept"].numel() == frames
+
+    with torch.no_grad():
+        ms = timed(run, args.warmup, args.iters)
+    report("vision_cpu", ms, frames=frames, frames_per_s=frames / (statistics.median(ms) / 1e3))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--case", default="all")
@@ -180,7 +214,7 @@ def main():
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     for name, fn in (("matmul_cpu", matmul_cpu), ("block_train_cpu", block_train_cpu),
-                     ("qwen2_decode_cpu", qwen2_decode_cpu)):
+                     ("qwen2_decode_cpu", qwen2_decode_cpu), ("vision_cpu", vision_cpu)):
         if args.case in ("all", name):
             fn(args)
 

@@ -1,6 +1,7 @@
 // CPU cases. tests/reference/bench_torch.py does the same work in PyTorch.
 #include <algorithm>
 
+#include "layers/bvllm.h"
 #include "layers/generate.h"
 #include "layers/qwen2.h"
 #include "runtime/autograd.h"
@@ -94,6 +95,52 @@ Result qwen2_decode_cpu(const Options& options) {
   return r;
 }
 
+// The B-VLLM visual path for one 16-frame video, noise-free selection, no temporal merge (so
+// every run processes all 16 selected frames whatever the random weights): a small EVA (224 px,
+// 16 x 16 patches, width 384, 6 blocks) on every frame, the temporal Q-Former over the frames'
+// [CLS] tokens, the selection, the spatial Q-Former per frame (6 layers, hidden 256, 32 queries,
+// a 24-token question) and the projector. frames_per_s counts input frames.
+Result vision_cpu(const Options& options) {
+  layers::BvllmConfig c;
+  c.vision = {.image_size = 224, .patch_size = 14, .width = 384, .depth = 6, .heads = 6};
+  c.vision.mlp_hidden = layers::EvaVitConfig::mlp_hidden_for(384);
+  c.qformer.vocab_size = 30523;
+  c.qformer.hidden_size = 256;
+  c.qformer.num_hidden_layers = 6;
+  c.qformer.num_attention_heads = 4;
+  c.qformer.intermediate_size = 1024;
+  c.qformer.encoder_width = 384;
+  c.llm = {.vocab_size = 1024,
+           .hidden_size = 512,
+           .intermediate_size = 1024,
+           .num_hidden_layers = 1,
+           .num_attention_heads = 8,
+           .num_key_value_heads = 8,
+           .head_dim = 64};
+  c.temporal_queries = 16;
+  c.merge_threshold = 1.0;  // (cos + 1) / 2 never exceeds 1: no merge
+  constexpr int64_t frames = 16, question = 24;
+  Generator gen{9, 0, 0};
+  layers::BvllmForCausalLM model(c);
+  model.init_weights(gen);
+  model.eval();
+  layers::BvllmSample sample;
+  sample.pixels = ops::normal({frames, 3, 224, 224}, gen);
+  sample.bert_ids = ops::uniform({question}, gen, 1000, 30000).to(DType::I64);
+  NoGradGuard no_grad;
+  Result r{"vision_cpu",
+           time_ms(options,
+                   [&] {
+                     layers::VisualSelection selection;
+                     model.bvllm().visual_tokens(sample, {.noise_free = true}, &selection);
+                     BVLLM_REQUIRE(selection.kept.size() == frames, "vision_cpu: frames merged");
+                   }),
+           {}};
+  r.extra["frames"] = frames;
+  r.extra["frames_per_s"] = frames / (median(r.ms) / 1e3);
+  return r;
+}
+
 }  // namespace
 
 const std::vector<Case>& cpu_cases() {
@@ -105,6 +152,10 @@ const std::vector<Case>& cpu_cases() {
       {"qwen2_decode_cpu",
        "greedy decoding with a KV cache, Qwen2-0.5B-shaped random model (f32, tied), 32-token prompt, 64 new tokens",
        qwen2_decode_cpu},
+      {"vision_cpu",
+       "B-VLLM visual path for a 16-frame video: small EVA (224 px, width 384, 6 blocks) + both Q-Formers (6 "
+       "layers, hidden 256) + projector, f32, no grad",
+       vision_cpu},
   };
   return all;
 }
