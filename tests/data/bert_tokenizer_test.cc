@@ -19,9 +19,12 @@
 #include <thread>
 
 #include "runtime/error.h"
+#include "tests/support/messages.h"
 
 namespace bvllm {
 namespace {
+
+using testing::error_of;
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -29,15 +32,6 @@ using Ids = std::vector<int32_t>;
 
 #define EXPECT_CONTAINS(text, part) \
   EXPECT_NE(std::string(text).find(part), std::string::npos) << "expected '" << (part) << "' in: " << (text)
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 // A tiny vocabulary; each token's id is its index, written next to it.
 const std::vector<std::string> kTiny = {

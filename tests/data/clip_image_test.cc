@@ -13,21 +13,15 @@
 
 #include "runtime/error.h"
 #include "tests/support/fixtures.h"
+#include "tests/support/messages.h"
 
 namespace bvllm {
 namespace {
 
+using testing::error_of;
+
 #define EXPECT_CONTAINS(text, part) \
   EXPECT_NE(std::string(text).find(part), std::string::npos) << "expected '" << (part) << "' in: " << (text)
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 const testing::Fixture& fixture() {
   static const testing::Fixture f("clip_image");

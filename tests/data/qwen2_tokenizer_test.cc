@@ -16,10 +16,13 @@
 
 #include "data/utf8.h"
 #include "runtime/error.h"
+#include "tests/support/messages.h"
 #include "tests/support/qwen_tokenizer.h"
 
 namespace bvllm {
 namespace {
+
+using testing::error_of;
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -104,15 +107,6 @@ struct Tiny {
   }
   Qwen2Tokenizer load() const { return Qwen2Tokenizer::from_json(build().dump(), "tiny/tokenizer.json"); }
 };
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 // --- exact BPE on the tiny vocab -------------------------------------------------------------
 

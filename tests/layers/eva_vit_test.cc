@@ -13,9 +13,14 @@
 #include "runtime/autograd.h"
 #include "runtime/ops.h"
 #include "tests/support/fixtures.h"
+#include "tests/support/messages.h"
+#include "tests/support/tiny_models.h"
 
 namespace bvllm::layers {
 namespace {
+
+using testing::error_of;
+using testing::sci;
 
 using testing::Fixture;
 using testing::rel_error;
@@ -23,34 +28,7 @@ using testing::rel_error;
 constexpr double kTolerance = 1e-5;  // f32, relative to the reference's largest magnitude
 constexpr char kSource[] = "eva_vit.safetensors";
 
-std::string sci(double v) {
-  std::ostringstream out;
-  out << std::scientific << std::setprecision(2) << v;
-  return out.str();
-}
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-// The spec's tiny encoder: 42 px, patch 14 (grid 3), width 24, depth 2, 4 heads, mlp 104.
-EvaVitConfig tiny() {
-  EvaVitConfig c;
-  c.image_size = 42;
-  c.patch_size = 14;
-  c.width = 24;
-  c.depth = 2;
-  c.heads = 4;
-  c.mlp_hidden = EvaVitConfig::mlp_hidden_for(24);
-  c.layer_norm_eps = 1e-6;
-  return c;
-}
+EvaVitConfig tiny() { return testing::tiny_eva_config(); }
 
 // The fixture's checkpoint tensors (`param.<LAVIS name>`) under their LAVIS names.
 NamedTensors checkpoint() {
@@ -202,7 +180,7 @@ TEST(EvaVit, ConfigErrorsNameTheOriginAndField) {
     edit(c);
     return error_of([&] { c.validate("/x/vision.yaml"); });
   };
-  EXPECT_EQ(error_for([](EvaVitConfig&) {}), "");
+  EXPECT_EQ(error_for([](EvaVitConfig&) {}), "(no error)");
   std::string e = error_for([](EvaVitConfig& c) { c.image_size = 40; });
   EXPECT_NE(e.find("/x/vision.yaml: image_size 40 is not a multiple of patch_size 14"), std::string::npos) << e;
   e = error_for([](EvaVitConfig& c) { c.heads = 5; });

@@ -9,9 +9,12 @@
 #include "layers/rms_norm.h"
 #include "runtime/autograd.h"
 #include "runtime/ops.h"
+#include "tests/support/messages.h"
 
 namespace bvllm::layers {
 namespace {
+
+using testing::error_of;
 
 // model.{embed, layers.{0,1}.{proj, norm}, head}
 class Block : public Module {
@@ -44,16 +47,6 @@ std::vector<std::string> names(const NamedTensors& tensors) {
   std::vector<std::string> out;
   for (const auto& [name, t] : tensors) out.push_back(name);
   return out;
-}
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 TEST(Module, FullNamesFollowTheTreeInRegistrationOrder) {

@@ -16,46 +16,21 @@
 #include "runtime/ops.h"
 #include "tests/support/fixtures.h"
 #include "tests/support/gradcheck.h"
+#include "tests/support/messages.h"
+#include "tests/support/tiny_models.h"
 
 namespace bvllm::layers {
 namespace {
+
+using testing::error_of;
+using testing::sci;
 
 using testing::Fixture;
 using testing::rel_error;
 
 constexpr double kTolerance = 1e-5;  // f32, relative to the reference's largest magnitude
 
-std::string sci(double v) {
-  std::ostringstream out;
-  out << std::scientific << std::setprecision(2) << v;
-  return out.str();
-}
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-// The spec's tiny Q-Former: vocab 40, hidden 32, 4 layers (cross-attention on 0 and 2), 4 heads,
-// FFN 48, 24 positions, encoder width 24; dropout off as in the fixtures.
-QFormerConfig tiny() {
-  QFormerConfig c;
-  c.vocab_size = 40;
-  c.hidden_size = 32;
-  c.num_hidden_layers = 4;
-  c.num_attention_heads = 4;
-  c.intermediate_size = 48;
-  c.max_position_embeddings = 24;
-  c.encoder_width = 24;
-  c.hidden_dropout_prob = 0.0;
-  c.attention_probs_dropout_prob = 0.0;
-  return c;
-}
+QFormerConfig tiny() { return testing::tiny_qformer_config(); }
 
 // Every fixture tensor (the parameters are `param.bert.*`).
 NamedTensors fixture_tensors(const std::string& name) {
@@ -371,7 +346,7 @@ TEST(QFormer, InputAndConfigErrors) {
     edit(c);
     return error_of([&] { c.validate("/x/qformer.json"); });
   };
-  EXPECT_EQ(error_for([](QFormerConfig&) {}), "");
+  EXPECT_EQ(error_for([](QFormerConfig&) {}), "(no error)");
   e = error_for([](QFormerConfig& c) { c.num_attention_heads = 5; });
   EXPECT_NE(e.find("/x/qformer.json: hidden_size 32 is not a multiple of num_attention_heads 5"), std::string::npos)
       << e;

@@ -16,9 +16,13 @@
 #include "runtime/autograd.h"
 #include "runtime/ops.h"
 #include "tests/support/fixtures.h"
+#include "tests/support/messages.h"
 
 namespace bvllm::layers {
 namespace {
+
+using testing::error_of;
+using testing::sci;
 
 namespace fs = std::filesystem;
 using testing::Fixture;
@@ -53,24 +57,7 @@ std::string read_text(const std::string& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
-std::string sci(double v) {
-  std::ostringstream out;
-  out << std::scientific << std::setprecision(2) << v;
-  return out.str();
-}
-
 void write_text(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
-
-// The message of the bvllm::Error that `f` throws ("" when it throws none).
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 class Qwen2Parity : public ::testing::TestWithParam<std::string> {};
 
@@ -205,7 +192,7 @@ TEST(Qwen2Checkpoint, ConfigErrorsNameTheFileAndField) {
       return std::regex_replace(text, std::regex("\"" + field + "\": [^,]*,"), "\"" + field + "\": " + value + ",");
     };
   };
-  EXPECT_EQ(error_for([](std::string t) { return t; }), "");
+  EXPECT_EQ(error_for([](std::string t) { return t; }), "(no error)");
   std::string e = error_for(drop("hidden_size"));
   EXPECT_NE(e.find("/x/config.json"), std::string::npos) << e;
   EXPECT_NE(e.find("'hidden_size' is missing"), std::string::npos) << e;

@@ -1,0 +1,31 @@
+// Small helpers for tests that check what a user is told.
+#pragma once
+
+#include <iomanip>
+#include <sstream>
+#include <string>
+
+#include "runtime/error.h"
+
+namespace bvllm::testing {
+
+// The message of the bvllm::Error that `f` throws, or "(no error)" when it throws none (so a
+// missing error fails any check that looks for text in the message).
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+// `v` in scientific notation with three significant digits, for failure messages.
+inline std::string sci(double v) {
+  std::ostringstream out;
+  out << std::scientific << std::setprecision(2) << v;
+  return out.str();
+}
+
+}  // namespace bvllm::testing
