@@ -1,0 +1,322 @@
+#include "data/loader.h"
+
+#include <glog/logging.h>  // defines: CHECK
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <nlohmann/json.hpp>  // defines: nlohmann::json
+#include <random>
+#include <utility>
+
+#include "data/clip_image.h"
+#include "data/conversation.h"
+#include "data/jpeg.h"
+#include "runtime/error.h"
+
+namespace bvllm::data {
+
+namespace {
+
+// SplitMix64's finalizer: spreads (seed, epoch) over the generator's seed so nearby pairs give
+// unrelated streams.
+uint64_t mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+// Uniform in [0, n) by rejection: the draws below `limit` (a multiple of n) map evenly.
+uint64_t bounded(std::mt19937_64& gen, uint64_t n) {
+  constexpr uint64_t kMax = std::numeric_limits<uint64_t>::max();
+  const uint64_t limit = kMax - kMax % n;
+  for (;;) {
+    const uint64_t x = gen();
+    if (x < limit) return x % n;
+  }
+}
+
+Tensor i64_tensor(const std::vector<int64_t>& values) {
+  Tensor t = Tensor::empty({static_cast<int64_t>(values.size())}, DType::I64);
+  std::copy(values.begin(), values.end(), t.data<int64_t>());
+  return t;
+}
+
+int64_t checked_size(const ShardReader& reader, const LoaderOptions& options) {
+  const int64_t n = reader.size();
+  BVLLM_REQUIRE(n >= options.world, options.shards, ": ", n, " samples in the shards, fewer than the ", options.world,
+                " data-parallel ranks (LoaderOptions.world)");
+  return n;
+}
+
+const LoaderOptions& validated(const LoaderOptions& options) {
+  options.validate();
+  return options;
+}
+
+}  // namespace
+
+// --- options and state ---------------------------------------------------------------------------
+
+LoaderOptions LoaderOptions::for_stage(int stage) {
+  BVLLM_REQUIRE(stage == 1 || stage == 2, "LoaderOptions::for_stage: stage ", stage, ", expected 1 or 2");
+  LoaderOptions options;
+  options.stage = stage;
+  options.frames = stage == 1 ? 16 : 32;
+  options.pad_to_square = stage == 2;
+  return options;
+}
+
+void LoaderOptions::validate() const {
+  BVLLM_REQUIRE(!shards.empty(), "LoaderOptions.shards is empty (expected a shard directory with index.json)");
+  BVLLM_REQUIRE(world >= 1 && rank >= 0 && rank < world, "LoaderOptions: rank ", rank, " of world ", world,
+                " (expected 0 <= rank < world)");
+  BVLLM_REQUIRE(batch_size >= 1, "LoaderOptions.batch_size is ", batch_size, ", expected >= 1");
+  BVLLM_REQUIRE(stage == 1 || stage == 2, "LoaderOptions.stage is ", stage, ", expected 1 or 2");
+  BVLLM_REQUIRE(frames >= 1, "LoaderOptions.frames is ", frames, ", expected >= 1");
+  BVLLM_REQUIRE(image_size >= 1, "LoaderOptions.image_size is ", image_size, ", expected >= 1");
+  BVLLM_REQUIRE(prefetch_threads >= 0, "LoaderOptions.prefetch_threads is ", prefetch_threads, ", expected >= 0");
+  BVLLM_REQUIRE(prefetch_batches >= 1, "LoaderOptions.prefetch_batches is ", prefetch_batches, ", expected >= 1");
+  BVLLM_REQUIRE(max_length >= 1, "LoaderOptions.max_length is ", max_length, ", expected >= 1");
+}
+
+std::string LoaderState::to_json() const {
+  nlohmann::ordered_json j;
+  j["epoch"] = epoch;
+  j["offset"] = offset;
+  j["seed"] = seed;
+  j["world"] = world;
+  j["samples"] = samples;
+  return j.dump();
+}
+
+LoaderState LoaderState::from_json(std::string_view text, const std::string& source) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(str_cat(source, ": the loader state is not JSON (", e.what(), ")"));
+  }
+  BVLLM_REQUIRE(j.is_object(), source, ": the loader state must be a JSON object");
+  const auto field = [&](const char* name) -> const nlohmann::json& {
+    BVLLM_REQUIRE(j.contains(name) && j[name].is_number_integer(), source, ": loader state field \"", name,
+                  "\" is missing or not an integer");
+    return j[name];
+  };
+  LoaderState s;
+  s.epoch = field("epoch").get<int64_t>();
+  s.offset = field("offset").get<int64_t>();
+  s.seed = field("seed").get<uint64_t>();
+  s.world = field("world").get<int>();
+  s.samples = field("samples").get<int64_t>();
+  BVLLM_REQUIRE(s.epoch >= 0 && s.offset >= 0 && s.world >= 1 && s.samples >= 0, source,
+                ": loader state has a negative epoch, offset or samples, or world < 1: ", s.to_json());
+  return s;
+}
+
+// --- order ---------------------------------------------------------------------------------------
+
+std::vector<int64_t> epoch_permutation(int64_t samples, uint64_t seed, int64_t epoch) {
+  BVLLM_REQUIRE(samples >= 0 && epoch >= 0, "epoch_permutation: samples ", samples, ", epoch ", epoch,
+                " (expected >= 0)");
+  std::vector<int64_t> order(static_cast<size_t>(samples));
+  for (int64_t i = 0; i < samples; ++i) order[i] = i;
+  // std::mt19937_64's output for a given seed is fixed by the C++ standard; the draw and the shuffle
+  // are ours, so the order does not depend on the standard library.
+  std::mt19937_64 gen(mix(mix(seed) + static_cast<uint64_t>(epoch)));
+  for (int64_t i = samples - 1; i > 0; --i) std::swap(order[i], order[bounded(gen, static_cast<uint64_t>(i) + 1)]);
+  return order;
+}
+
+std::vector<int64_t> uniform_frame_indices(int64_t available, int64_t count) {
+  BVLLM_REQUIRE(available >= 1, "uniform_frame_indices: no frames to sample from");
+  BVLLM_REQUIRE(count >= 1, "uniform_frame_indices: count ", count, ", expected >= 1");
+  const double seg = static_cast<double>(available - 1) / static_cast<double>(count);
+  std::vector<int64_t> out(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) {
+    const double start = seg * static_cast<double>(i), end = seg * static_cast<double>(i + 1);
+    // np.round is round half to even: nearbyint in the default rounding mode.
+    out[i] = static_cast<int64_t>(std::nearbyint((start + end) / 2 + 1e-6));
+  }
+  return out;
+}
+
+RankSampler::RankSampler(int64_t samples, int rank, int world, uint64_t seed)
+    : samples_(samples), per_epoch_(world > 0 ? samples / world : 0), rank_(rank), world_(world), seed_(seed) {
+  BVLLM_REQUIRE(world >= 1 && rank >= 0 && rank < world, "RankSampler: rank ", rank, " of world ", world);
+  BVLLM_REQUIRE(per_epoch_ >= 1, "RankSampler: ", samples, " samples cannot give each of ", world,
+                " ranks one sample per epoch");
+}
+
+std::shared_ptr<const std::vector<int64_t>> RankSampler::epoch_share(int64_t epoch) const {
+  {
+    std::lock_guard lock(mutex_);
+    if (auto it = cache_.find(epoch); it != cache_.end()) return it->second;
+  }
+  // Built outside the lock (two threads may both build it; the results are equal).
+  const std::vector<int64_t> order = epoch_permutation(samples_, seed_, epoch);
+  auto share = std::make_shared<std::vector<int64_t>>(static_cast<size_t>(per_epoch_));
+  for (int64_t j = 0; j < per_epoch_; ++j) (*share)[j] = order[rank_ + j * world_];
+  std::lock_guard lock(mutex_);
+  cache_.emplace(epoch, share);
+  while (cache_.size() > 2) cache_.erase(cache_.begin());  // the oldest epoch
+  return share;
+}
+
+int64_t RankSampler::at(int64_t step) const {
+  CHECK_GE(step, 0);
+  return (*epoch_share(step / per_epoch_))[step % per_epoch_];
+}
+
+std::vector<int64_t> RankSampler::share(int64_t epoch) const { return *epoch_share(epoch); }
+
+// --- the loader ----------------------------------------------------------------------------------
+
+DataLoader::DataLoader(LoaderOptions options, const Qwen2Tokenizer& qwen, const BertTokenizer& bert)
+    : options_(validated(options)),
+      qwen_(qwen),
+      bert_(bert),
+      reader_(options_.shards),
+      sampler_(checked_size(reader_, options_), options_.rank, options_.world, options_.seed) {}
+
+DataLoader::~DataLoader() { stop(); }
+
+LoadedSample DataLoader::load(int64_t index) const {
+  const Sample sample = reader_.get(index);
+  const std::string what = str_cat(options_.shards, ": sample ", index, " \"", sample.id(), "\"");
+  LoadedSample out;
+  out.id = sample.id();
+  out.index = index;
+  try {
+    const SampleText text =
+        tokenize_sample(sample, qwen_, {.stage = options_.stage, .max_length = options_.max_length});
+    out.ids = i64_tensor(text.ids);
+    out.labels = i64_tensor(text.labels);
+    const std::vector<int32_t> bert_ids = bert_.encode(text.question);
+    out.bert_ids = i64_tensor(std::vector<int64_t>(bert_ids.begin(), bert_ids.end()));
+    out.bert_mask = i64_tensor(std::vector<int64_t>(bert_ids.size(), 1));
+  } catch (const Error& e) {
+    throw Error(str_cat(options_.shards, ": sample ", index, ": ", e.what()));
+  }
+  if (sample.kind() == Sample::TEXT) return out;
+
+  BVLLM_REQUIRE(sample.frames_size() >= 1, what, ": a ", sample.kind() == Sample::VIDEO ? "video" : "image",
+                " sample without frames");
+  // An image is its one stored frame; a video gets `frames` of its 1-fps frames.
+  const std::vector<int64_t> picks = sample.kind() == Sample::VIDEO
+                                         ? uniform_frame_indices(sample.frames_size(), options_.frames)
+                                         : std::vector<int64_t>{0};
+  ClipImageOptions clip;
+  clip.size = clip.crop = options_.image_size;
+  clip.mode = options_.pad_to_square ? ClipImageOptions::Mode::Pad : ClipImageOptions::Mode::Square;
+  const int64_t t = static_cast<int64_t>(picks.size()), s = options_.image_size, plane = 3 * s * s;
+  out.pixels = Tensor::empty({t, 3, s, s}, DType::F32);
+  float* dst = out.pixels.data<float>();
+  for (int64_t i = 0; i < t; ++i) {
+    // Fewer stored frames than `frames` repeat indices (in order): decode each one once.
+    if (i > 0 && picks[i] == picks[i - 1]) {
+      std::copy_n(dst + (i - 1) * plane, plane, dst + i * plane);
+      continue;
+    }
+    const Tensor rgb = decode_jpeg(sample.frames(static_cast<int>(picks[i])), str_cat(what, " frame ", picks[i]));
+    const Tensor chw = clip_preprocess(rgb, clip);
+    std::copy_n(chw.data<float>(), plane, dst + i * plane);
+  }
+  return out;
+}
+
+std::vector<LoadedSample> DataLoader::next_batch() {
+  std::vector<LoadedSample> batch;
+  batch.reserve(static_cast<size_t>(options_.batch_size));
+  if (options_.prefetch_threads == 0) {
+    for (int64_t b = 0; b < options_.batch_size; ++b) {
+      const int64_t step = step_++;  // past a failing sample, as with prefetching
+      batch.push_back(load(sampler_.at(step)));
+    }
+    return batch;
+  }
+  if (workers_.empty()) start();
+  for (int64_t b = 0; b < options_.batch_size; ++b) {
+    Loaded loaded;
+    {
+      std::unique_lock lock(mutex_);
+      ready_.wait(lock, [&] { return results_.count(step_) > 0; });
+      auto it = results_.find(step_);
+      loaded = std::move(it->second);
+      results_.erase(it);
+      ++step_;
+    }
+    space_.notify_all();
+    if (loaded.error) std::rethrow_exception(loaded.error);
+    batch.push_back(std::move(loaded.sample));
+  }
+  return batch;
+}
+
+void DataLoader::start() {
+  CHECK(workers_.empty());
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = false;
+    claimed_ = step_;
+  }
+  for (int i = 0; i < options_.prefetch_threads; ++i) workers_.emplace_back([this] { work(); });
+}
+
+void DataLoader::stop() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  space_.notify_all();
+  for (std::thread& w : workers_) w.join();
+  workers_.clear();
+  results_.clear();
+}
+
+void DataLoader::work() {
+  const int64_t capacity = options_.prefetch_batches * options_.batch_size;
+  for (;;) {
+    int64_t step = 0;
+    {
+      std::unique_lock lock(mutex_);
+      space_.wait(lock, [&] { return stopping_ || claimed_ < step_ + capacity; });
+      if (stopping_) return;
+      step = claimed_++;
+    }
+    Loaded loaded;
+    try {
+      loaded.sample = load(sampler_.at(step));
+    } catch (...) {
+      loaded.error = std::current_exception();
+    }
+    {
+      std::lock_guard lock(mutex_);
+      results_.emplace(step, std::move(loaded));
+    }
+    ready_.notify_all();
+  }
+}
+
+LoaderState DataLoader::state() const {
+  return {.epoch = step_ / sampler_.per_epoch(),
+          .offset = step_ % sampler_.per_epoch(),
+          .seed = options_.seed,
+          .world = options_.world,
+          .samples = reader_.size()};
+}
+
+void DataLoader::restore(const LoaderState& state) {
+  BVLLM_REQUIRE(state.seed == options_.seed && state.world == options_.world && state.samples == reader_.size(),
+                "DataLoader::restore: the state ", state.to_json(), " is from a loader with another seed, world or ",
+                "shard set (this one: seed ", options_.seed, ", world ", options_.world, ", ", reader_.size(),
+                " samples in ", options_.shards, ")");
+  BVLLM_REQUIRE(state.epoch >= 0 && state.offset >= 0 && state.offset < sampler_.per_epoch(),
+                "DataLoader::restore: offset ", state.offset, " is outside this rank's share of ", sampler_.per_epoch(),
+                " samples per epoch");
+  stop();
+  step_ = state.epoch * sampler_.per_epoch() + state.offset;
+}
+
+}  // namespace bvllm::data
