@@ -43,6 +43,16 @@ Tensor i64_tensor(const std::vector<int64_t>& values) {
   return t;
 }
 
+// clip_preprocess without the copy its resize makes when the size is already right: prep stores
+// frames with the short side at 336 by the same Pillow resize, so without the pad that is the
+// usual case, and the copy (Tensor::clone of u8) costs more than the rest of the frame.
+Tensor clip_pixels(const Tensor& rgb, const ClipImageOptions& clip) {
+  Tensor image = clip.mode == ClipImageOptions::Mode::Pad ? expand_to_square(rgb, clip_pad_colour(clip)) : rgb;
+  const auto [h, w] = clip_resize_size(image.size(0), image.size(1), clip.size);
+  if (h != image.size(0) || w != image.size(1)) image = resize_bicubic_pil(image, h, w);
+  return clip_normalize(center_crop(image, clip.crop), clip);
+}
+
 int64_t checked_size(const ShardReader& reader, const LoaderOptions& options) {
   const int64_t n = reader.size();
   BVLLM_REQUIRE(n >= options.world, options.shards, ": ", n, " samples in the shards, fewer than the ", options.world,
@@ -220,7 +230,7 @@ LoadedSample DataLoader::load(int64_t index) const {
       continue;
     }
     const Tensor rgb = decode_jpeg(sample.frames(static_cast<int>(picks[i])), str_cat(what, " frame ", picks[i]));
-    const Tensor chw = clip_preprocess(rgb, clip);
+    const Tensor chw = clip_pixels(rgb, clip);
     std::copy_n(chw.data<float>(), plane, dst + i * plane);
   }
   return out;

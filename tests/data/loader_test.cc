@@ -349,11 +349,13 @@ TEST_F(DataLoaderTest, PrefetchThreadsDoNotChangeTheBatches) {
 TEST_F(DataLoaderTest, ALoadedSampleHoldsTextQuestionAndFrames) {
   const Qwen2Tokenizer& qwen = *testing::qwen_tokenizer();
   const BertTokenizer bert = tiny_bert();
-  for (int stage : {1, 2}) {
+  // Size 20 is the stored frames' short side: no resize without the pad.
+  for (auto [stage, size] : {std::pair{1, kImageSize}, std::pair{2, kImageSize}, std::pair{1, 20}}) {
     LoaderOptions o = options();
     o.stage = stage;
     o.pad_to_square = stage == 2;
     o.frames = 8;
+    o.image_size = size;
     const DataLoader l = loader(o);
     for (int index = 0; index < kSamples; ++index) {
       const Sample stored = l.reader().get(index);
@@ -373,14 +375,14 @@ TEST_F(DataLoaderTest, ALoadedSampleHoldsTextQuestionAndFrames) {
       }
       const std::vector<int64_t> picks =
           stored.kind() == Sample::VIDEO ? uniform_frame_indices(stored.frames_size(), 8) : std::vector<int64_t>{0};
-      ASSERT_EQ(s.pixels.shape(), (Shape{static_cast<int64_t>(picks.size()), 3, kImageSize, kImageSize}));
+      ASSERT_EQ(s.pixels.shape(), (Shape{static_cast<int64_t>(picks.size()), 3, size, size}));
       ClipImageOptions clip;
-      clip.size = clip.crop = kImageSize;
+      clip.size = clip.crop = size;
       clip.mode = stage == 2 ? ClipImageOptions::Mode::Pad : ClipImageOptions::Mode::Square;
       for (size_t f = 0; f < picks.size(); ++f) {
         const Tensor expected = clip_preprocess(decode_jpeg(stored.frames(static_cast<int>(picks[f])), "test"), clip);
         EXPECT_TRUE(same_tensor(s.pixels.select(0, static_cast<int64_t>(f)).contiguous(), expected))
-            << "stage " << stage << " sample " << index << " frame " << f;
+            << "stage " << stage << " size " << size << " sample " << index << " frame " << f;
       }
     }
   }
