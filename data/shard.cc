@@ -399,6 +399,8 @@ ShardWriter::~ShardWriter() {
 }
 
 void ShardWriter::open_next() {
+  BVLLM_REQUIRE(next_number_ <= 99999, dir_, ": ", options_.prefix,
+                "-99999 is the last shard name; raise max_shard_bytes or use another prefix");
   auto open = std::make_unique<Open>();
   char number[16];
   std::snprintf(number, sizeof(number), "%05d", next_number_++);
