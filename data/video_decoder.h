@@ -19,12 +19,15 @@
 // VideoFrames then share one timestamp and one rgb tensor. Time is never compressed.
 //
 // The decode loop (§1.5): every packet of the video stream is demuxed and decoded (other streams,
-// audio among them, are discarded by the demuxer with AVDISCARD_ALL); the decoder seeks ahead only
-// when the container's index holds a keyframe after the current read position and before the
-// next target (then the frames in between need no decoding), and falls back to decoding forward
-// when a seek lands after the target. The decoder is drained at the end of the file, so the
-// frames held back by B-frame reordering and frame threads are not lost. Frames that the decoder
-// flags as corrupt (concealed errors) are kept; a packet the decoder rejects is skipped.
+// audio among them, are discarded by the demuxer with AVDISCARD_ALL), with two savings that change
+// no pick: the decoder seeks ahead only when the container's index holds a keyframe after the
+// current read position and before the next target (then the frames in between need no
+// decoding), falling back to decoding forward when a seek lands after the target; and packets
+// wait in a short lookahead so that a frame that cannot be on screen at any target (its successor
+// in presentation order comes first) is decoded only if it is a reference for others
+// (skip_frame = AVDISCARD_NONREF for that packet). The decoder is drained at the end of the file,
+// so the frames held back by B-frame reordering and frame threads are not lost. Frames that the
+// decoder flags as corrupt (concealed errors) are kept; a packet the decoder rejects is skipped.
 //
 // Pixels: the chosen frames only are converted to RGB24 by libswscale with the colour matrix the
 // stream declares (BT.709, BT.601, BT.2020, SMPTE 240M, FCC; BT.601 when unspecified, as FFmpeg
@@ -63,10 +66,11 @@ struct DecodeOptions {
   // Resize so the shortest side is this (aspect kept, long side int(short_side * long / short) as
   // the CLIP processor computes it; up- or down-scaling); 0 keeps the decoded size.
   int64_t short_side = 336;
-  // Seek ahead to a keyframe when the container's index shows one between the current read
-  // position and the next target (the picks are the same as without; fewer frames are decoded).
-  // false decodes every frame (tests compare the two).
-  bool seek = true;
+  // true decodes every frame. By default the decoder skips work no target needs: it seeks ahead
+  // to a keyframe when the container's index shows one between the read position and the next
+  // target, and it lets the codec drop non-reference frames that cannot be on screen at a target.
+  // The frames returned are the same either way (tests compare the two); only `decoded` differs.
+  bool decode_all = false;
 };
 
 struct VideoFrame {
@@ -79,7 +83,7 @@ struct DecodedVideo {
   double fps = 0;       // the stream's average frame rate (av_guess_frame_rate); 0 for an image
   double duration = 0;  // seconds actually decoded (last frame time + one frame); 0 for an image
   int rotation = 0;     // degrees clockwise applied (0, 90, 180, 270), from the display matrix
-  int64_t decoded = 0;  // frames the decoder produced (fewer than the file holds after a seek)
+  int64_t decoded = 0;  // frames the decoder produced (all, with decode_all; else fewer)
 };
 
 // Why a video or image gave no frames. bvllm_prep writes reason_name() into rejects.jsonl.

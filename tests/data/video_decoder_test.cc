@@ -2,7 +2,9 @@
 // rate, a hole in time, a raw .h264 without timestamps, MPEG-TS with a start offset, rotation
 // metadata, audio beside the video, BT.709/BT.601/BT.2020 and full-range colour, 1-s GOPs for
 // seeking, truncated and corrupt files) and on opencv-doc's real sample videos (fetched by
-// tests/data/fetch_test_videos.sh; those tests skip without them).
+// tests/data/fetch_test_videos.sh; those tests skip without them). The work the decoder skips by
+// default (keyframe seeks, non-reference frames no target needs) is checked to change no frame
+// against decode_all on every clip at three target rates.
 //
 // Which frame a target got is read from the pixels: the generated clips are lossless H.264 whose
 // frame N is a flat grey of luma 16 + 2 * (N % 100), so the RGB value names the frame. Pixel
@@ -173,8 +175,7 @@ std::string file_bytes(const std::string& path) {
 std::vector<Tensor> cli_frames(const std::string& path, const std::string& vf, int64_t h, int64_t w) {
   const std::string out = (Media::get().dir() / "cli.rgb").string();
   Media::run("ffmpeg -v error -y -i " + path + (vf.empty() ? "" : " -vf \"" + vf + "\"") +
-             " -fps_mode passthrough -sws_flags bicubic+full_chroma_int+accurate_rnd -pix_fmt rgb24 -f rawvideo " +
-             out);
+             " -fps_mode passthrough -sws_flags bicubic+full_chroma_int -pix_fmt rgb24 -f rawvideo " + out);
   const std::string bytes = file_bytes(out);
   const auto frame_bytes = static_cast<size_t>(h * w * 3);
   std::vector<Tensor> frames;
@@ -384,18 +385,51 @@ TEST(VideoDecoder, OtherRatesAndTheFrameCap) {
   EXPECT_TRUE(is_frame(one.frames[0], 299));
 }
 
+::testing::AssertionResult same_frames(const DecodedVideo& a, const DecodedVideo& b) {
+  if (a.frames.size() != b.frames.size())
+    return ::testing::AssertionFailure() << a.frames.size() << " vs " << b.frames.size() << " frames";
+  for (size_t k = 0; k < a.frames.size(); ++k) {
+    if (a.frames[k].timestamp != b.frames[k].timestamp)
+      return ::testing::AssertionFailure()
+             << "target " << k << ": t=" << a.frames[k].timestamp << " vs " << b.frames[k].timestamp;
+    if (auto same = same_pixels(a.frames[k].rgb, b.frames[k].rgb); !same) return same << " (target " << k << ")";
+  }
+  return ::testing::AssertionSuccess();
+}
+
 TEST(VideoDecoder, SeekingAheadPicksTheSameFrames) {
   REQUIRE_FFMPEG();
-  DecodeOptions no_seek = full_size();
-  no_seek.seek = false;
+  DecodeOptions all = full_size();
+  all.decode_all = true;
   const DecodedVideo sought = decode_video(media("gop1.mp4"), full_size());
-  const DecodedVideo forward = decode_video(media("gop1.mp4"), no_seek);
+  const DecodedVideo forward = decode_video(media("gop1.mp4"), all);
   expect_constant_rate(sought, 20);
   expect_constant_rate(forward, 20);
   EXPECT_EQ(forward.decoded, 600);
-  EXPECT_LT(sought.decoded, 500) << "with a keyframe every second the decoder should have skipped ahead";
-  // Where seeking never pays (one GOP of 250 frames) both decode everything.
-  EXPECT_EQ(decode_video(media("lossy.mp4"), full_size()).decoded, 300);
+  EXPECT_LT(sought.decoded, 400) << "with a keyframe every second the decoder should have skipped ahead";
+}
+
+TEST(VideoDecoder, SkippingUnneededFramesPicksTheSameFrames) {
+  REQUIRE_FFMPEG();
+  // x264's defaults (3 B-frames, most not references) on a 10-s clip: the non-reference frames
+  // far from every target are not decoded.
+  DecodeOptions all = full_size();
+  all.decode_all = true;
+  const DecodedVideo skipped = decode_video(media("lossy.mp4"), full_size());
+  const DecodedVideo everything = decode_video(media("lossy.mp4"), all);
+  EXPECT_EQ(everything.decoded, 300);
+  EXPECT_LT(skipped.decoded, 250);
+  EXPECT_TRUE(same_frames(skipped, everything));
+  // The same on every generated clip, at three target rates (targets on frames, between frames,
+  // sparse), MPEG-TS and the hole included.
+  for (const char* name : {"cfr.mp4", "vfr.mp4", "gap.mp4", "gop1.mp4", "lossy.mp4", "lossy.ts", "faststart.mp4"}) {
+    for (double fps : {1.0, 2.7, 0.3}) {
+      DecodeOptions fast = full_size(), slow = all;
+      fast.fps = slow.fps = fps;
+      EXPECT_TRUE(same_frames(decode_video(media(name), fast), decode_video(media(name), slow)))
+          << name << " at " << fps << " fps";
+    }
+  }
 }
 
 TEST(VideoDecoder, ThreadCountDoesNotChangeTheFrames) {
@@ -584,7 +618,7 @@ TEST(OpencvSamples, TreeAviHas68RealFramesNot444) {
   REQUIRE_SAMPLE("tree.avi");
   REQUIRE_FFMPEG();
   DecodeOptions options = full_size();
-  options.seek = false;
+  options.decode_all = true;
   const DecodedVideo video = decode_video(sample("tree.avi"), options);
   EXPECT_EQ(video.decoded, 68);  // the header says 444: the rest are zero-size repeat chunks
   EXPECT_NEAR(video.fps, 15.0, 1e-3);
@@ -605,7 +639,7 @@ TEST(OpencvSamples, MegamindAviWithPackedBFramesAndAudio) {
   ASSERT_EQ(video.frames.size(), 11u);
   expect_like_cli_fps1(sample("Megamind.avi"), video);
   DecodeOptions forward = full_size();
-  forward.seek = false;
+  forward.decode_all = true;
   const DecodedVideo all = decode_video(sample("Megamind.avi"), forward);
   EXPECT_EQ(all.decoded, 270);
   ASSERT_EQ(all.frames.size(), video.frames.size());
@@ -618,7 +652,7 @@ TEST(OpencvSamples, MegamindAviWithPackedBFramesAndAudio) {
 TEST(OpencvSamples, MegamindBugyAviWithoutPts) {
   REQUIRE_SAMPLE("Megamind_bugy.avi");
   DecodeOptions options;
-  options.seek = false;
+  options.decode_all = true;
   const DecodedVideo video = decode_video(sample("Megamind_bugy.avi"), options);
   EXPECT_EQ(video.decoded, 270);
   EXPECT_DOUBLE_EQ(video.fps, 30.0);
@@ -635,6 +669,19 @@ TEST(OpencvSamples, VtestAvi) {
   for (size_t k = 0; k < video.frames.size(); ++k) EXPECT_NEAR(video.frames[k].timestamp, k + 0.5, 1e-9);
   EXPECT_EQ(video.frames[0].rgb.shape(), (Shape{336, 448, 3}));  // 768x576
   EXPECT_NEAR(video.duration, 79.5, 1e-9);
+}
+
+TEST(OpencvSamples, SkippingUnneededFramesPicksTheSameFrames) {
+  for (const char* name : {"tree.avi", "Megamind.avi", "Megamind_bugy.avi", "vtest.avi"}) {
+    REQUIRE_SAMPLE(name);
+    for (double fps : {1.0, 2.7, 0.3}) {
+      DecodeOptions fast, slow;
+      fast.fps = slow.fps = fps;
+      slow.decode_all = true;
+      EXPECT_TRUE(same_frames(decode_video(sample(name), fast), decode_video(sample(name), slow)))
+          << name << " at " << fps << " fps";
+    }
+  }
 }
 
 }  // namespace
