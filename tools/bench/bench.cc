@@ -11,6 +11,7 @@ namespace bvllm::bench {
 const std::vector<Case>& cases() {
   static const std::vector<Case> all = [] {
     std::vector<Case> v = cpu_cases();
+    v.insert(v.end(), data_cases().begin(), data_cases().end());
     v.insert(v.end(), gpu_cases().begin(), gpu_cases().end());
     return v;
   }();

@@ -25,9 +25,10 @@ struct Case {
   std::function<Result(const Options&)> run;
 };
 
-const std::vector<Case>& cases();      // all: CPU cases, then GPU cases
-const std::vector<Case>& cpu_cases();  // tools/bench/cpu_cases.cc
-const std::vector<Case>& gpu_cases();  // tools/bench/gpu_cases.cc (fail clearly without a GPU)
+const std::vector<Case>& cases();       // all: CPU cases, data cases, then GPU cases
+const std::vector<Case>& cpu_cases();   // tools/bench/cpu_cases.cc
+const std::vector<Case>& data_cases();  // tools/bench/data_cases.cc (the data pipeline, on the CPU)
+const std::vector<Case>& gpu_cases();   // tools/bench/gpu_cases.cc (fail clearly without a GPU)
 
 // Runs `work` warmup + iters times and records the timed iterations in milliseconds.
 std::vector<double> time_ms(const Options& options, const std::function<void()>& work);
