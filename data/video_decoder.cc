@@ -296,6 +296,12 @@ class RgbConverter {
 // ts * time_base.
 constexpr double kEps = 1e-6;
 
+// A jump forward in time longer than this between two frames is taken for a timestamp
+// discontinuity (an MPEG-TS clock reset, damaged timestamps), not a hole: the clock is re-anchored
+// so the next frame follows the previous one. Otherwise garbage timestamps could ask for millions
+// of repeated frames.
+constexpr double kMaxJump = 60.0;
+
 // floor((i + 0.5) * n / m) for i < m: m of n items, uniformly (the cap's subsampling).
 int64_t uniform_pick(int64_t i, int64_t n, int64_t m) { return ((2 * i + 1) * n) / (2 * m); }
 
@@ -305,7 +311,7 @@ class Targets {
  public:
   Targets(double fps, int64_t max_frames, std::optional<double> estimated_duration) : fps_(fps), max_(max_frames) {
     if (estimated_duration && *estimated_duration > 0) {
-      const double n = std::ceil(*estimated_duration * fps - 0.5 - kEps);
+      const double n = std::min(std::ceil(*estimated_duration * fps - 0.5 - kEps), 1e12);
       if (n > static_cast<double>(max_frames)) planned_ = static_cast<int64_t>(n);
     }
   }
@@ -313,6 +319,19 @@ class Targets {
   double time(int64_t k) const {
     const int64_t base = planned_ == 0 ? k : uniform_pick(k, planned_, max_);
     return (static_cast<double>(base) + 0.5) / fps_;
+  }
+  // The first target k >= from with time(k) >= t (max_frames when a plan has none left).
+  int64_t first_at_or_after(double t, int64_t from) const {
+    if (planned_ == 0) return std::max(from, static_cast<int64_t>(std::ceil(std::min(t * fps_ - 0.5 - kEps, 1e15))));
+    int64_t lo = from, hi = max_;  // time() is non-decreasing in k
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (time(mid) < t - kEps)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    return lo;
   }
 
  private:
@@ -418,8 +437,7 @@ class VideoDecode {
     const double t = static_cast<double>(pts) * time_base_ - *start_;
     const double t_next = static_cast<double>(successor) * time_base_ - *start_;
     // The first target at or after t (targets before next_ are taken already).
-    int64_t k = next_;
-    while (targets_.has(k) && targets_.time(k) < t - kEps) ++k;
+    const int64_t k = targets_.first_at_or_after(t, next_);
     return targets_.has(k) && targets_.time(k) < t_next - kEps;
   }
 
@@ -488,6 +506,11 @@ class VideoDecode {
     // previous frame.
     double t = time.value_or(0.0);
     if (have_held_ && (!time || t <= held_time_ + kEps)) t = held_time_ + frame_duration_;
+    if (have_held_ && t > held_time_ + kMaxJump) {
+      *start_ += t - (held_time_ + frame_duration_);
+      t = held_time_ + frame_duration_;
+      seeking_ = false;  // the index no longer matches the clock
+    }
     // A synthesized time cannot be re-anchored after a jump, so such a file is decoded forward.
     if (!time) seeking_ = false;
 

@@ -16,7 +16,9 @@
 // first frame of an MPEG-4 ASP AVI) or whose time does not advance gets the previous frame's time
 // plus one frame (1 / av_guess_frame_rate). Where the video has a hole in time, every target in
 // the hole gets the frame on screen during it (the last one before the hole): consecutive
-// VideoFrames then share one timestamp and one rgb tensor. Time is never compressed.
+// VideoFrames then share one timestamp and one rgb tensor. Time is not compressed, except that a
+// jump of more than 60 s between two frames is taken for a timestamp discontinuity (an MPEG-TS
+// clock reset, damaged timestamps) and the clock restarts one frame after the previous frame.
 //
 // The decode loop (§1.5): every packet of the video stream is demuxed and decoded (other streams,
 // audio among them, are discarded by the demuxer with AVDISCARD_ALL), with two savings that change

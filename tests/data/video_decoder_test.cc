@@ -103,6 +103,17 @@ class Media {
            return ffmpeg() + coded(12) + R"( -vf "select='not(between(t\,4\,7))'" -fps_mode passthrough)" + kLossless +
                   out;
          }},
+        // Frames 60.. of a 10-s clip moved later by 30 s (a hole) or by 120 s (a discontinuity).
+        {"jump30.mp4",
+         [&](const std::string& out) {
+           return ffmpeg() + coded(10) + R"( -vf "setpts='if(gte(N\,60)\,PTS+30/TB\,PTS)'" -fps_mode passthrough)" +
+                  kLossless + out;
+         }},
+        {"jump120.mp4",
+         [&](const std::string& out) {
+           return ffmpeg() + coded(10) + R"( -vf "setpts='if(gte(N\,60)\,PTS+120/TB\,PTS)'" -fps_mode passthrough)" +
+                  kLossless + out;
+         }},
         {"raw.h264",
          [&](const std::string& out) { return ffmpeg() + "-i " + path("cfr.mp4") + " -c copy -f h264 " + out; }},
         {"cfr.ts",
@@ -297,6 +308,23 @@ TEST(VideoDecoder, HoleInTimeRepeatsTheFrameOnScreen) {
     EXPECT_TRUE(is_frame(video.frames[k], 119));
   }
   EXPECT_TRUE(video.frames[5].rgb.shares_storage(video.frames[4].rgb)) << "a repeated frame is converted once";
+}
+
+TEST(VideoDecoder, JumpsBeyondAMinuteAreDiscontinuities) {
+  REQUIRE_FFMPEG();
+  // 30 s later: a hole. Frame 59 (1.967 s) stays on screen until frame 60 at 32 s.
+  const DecodedVideo hole = decode_video(media("jump30.mp4"), full_size());
+  ASSERT_EQ(hole.frames.size(), 40u);
+  EXPECT_NEAR(hole.duration, 40.0, 1e-6);
+  for (int64_t k = 0; k < 40; ++k) {
+    const int64_t n = k < 2 ? 30 * k + 15 : (k < 32 ? 59 : 30 * (k - 30) + 15);
+    EXPECT_TRUE(is_frame(hole.frames[k], n)) << "target " << k;
+    EXPECT_NEAR(hole.frames[k].timestamp, k < 2 || k >= 32 ? k + 0.5 : 59 / 30.0, 1e-6) << "target " << k;
+  }
+  // 120 s later: taken for a clock jump, so frame 60 follows frame 59 and the clip is its 10 s.
+  const DecodedVideo jump = decode_video(media("jump120.mp4"), full_size());
+  expect_constant_rate(jump, 10);
+  EXPECT_NEAR(jump.duration, 10.0, 1e-6);
 }
 
 TEST(VideoDecoder, RawH264WithoutTimestampsCountsFrames) {
