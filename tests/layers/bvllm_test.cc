@@ -11,6 +11,7 @@
 #include <map>
 #include <set>
 
+#include "data/conversation.h"
 #include "runtime/autograd.h"
 #include "runtime/ops.h"
 #include "tests/support/fixtures.h"
@@ -25,6 +26,11 @@ using testing::rel_error;
 constexpr double kTolerance = 1e-5;
 
 using testing::tiny_bvllm_config;
+
+// The loader (bvllm_data) and the model (bvllm_layers) share no library, so each states the
+// placeholder ids; they must agree.
+static_assert(kVideoTokenId == data::kVideoPlaceholder && kImageTokenId == data::kImagePlaceholder &&
+              kIgnoreIndex == data::kIgnoreIndex);
 
 const NamePattern kLoraTargets = NamePattern::regex(R"(model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj)");
 
