@@ -39,9 +39,8 @@ std::shared_ptr<BvllmForCausalLM> fixture_model(const Fixture& f, const BvllmCon
   auto model = std::make_shared<BvllmForCausalLM>(config);
   Generator gen{1};
   EXPECT_EQ(add_lora(*model, kLoraTargets, {.rank = 4, .alpha = 8.0}, gen), 14);
-  std::map<std::string, Tensor> params;
-  for (const auto& [name, slot] : model->named_parameters()) params[name] = f["param." + name];
-  model->load_state_dict(params);
+  const NamedTensors params = f.tensors("param.");  // every parameter, none missing or extra
+  model->load_state_dict({params.begin(), params.end()});
   model->set_trainable_stage(2);
   return model;
 }

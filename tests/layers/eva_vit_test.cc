@@ -31,15 +31,7 @@ constexpr char kSource[] = "eva_vit.safetensors";
 EvaVitConfig tiny() { return testing::tiny_eva_config(); }
 
 // The fixture's checkpoint tensors (`param.<LAVIS name>`) under their LAVIS names.
-NamedTensors checkpoint() {
-  SafetensorsFile file =
-      SafetensorsFile::open(std::string(BVLLM_SOURCE_DIR) + "/tests/reference/fixtures/eva_vit.safetensors");
-  NamedTensors out;
-  for (const auto& name : file.names()) {
-    if (name.starts_with("param.")) out.emplace_back(name.substr(6), file.tensor(name));
-  }
-  return out;
-}
+NamedTensors checkpoint() { return Fixture("eva_vit").tensors("param."); }
 
 NamedTensors edited(const NamedTensors& tensors, const std::string& name, const Tensor& replacement) {
   NamedTensors out;

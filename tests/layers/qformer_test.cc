@@ -32,18 +32,9 @@ constexpr double kTolerance = 1e-5;  // f32, relative to the reference's largest
 
 QFormerConfig tiny() { return testing::tiny_qformer_config(); }
 
-// Every fixture tensor (the parameters are `param.bert.*`).
-NamedTensors fixture_tensors(const std::string& name) {
-  SafetensorsFile file =
-      SafetensorsFile::open(std::string(BVLLM_SOURCE_DIR) + "/tests/reference/fixtures/" + name + ".safetensors");
-  NamedTensors out;
-  for (const auto& n : file.names()) out.emplace_back(n, file.tensor(n));
-  return out;
-}
-
 std::shared_ptr<QFormer> loaded(const QFormerConfig& c = tiny(), DType dtype = DType::F32) {
   auto model = std::make_shared<QFormer>(c, dtype);
-  load_qformer(*model, fixture_tensors("qformer"), "param.", "qformer.safetensors");
+  load_qformer(*model, Fixture("qformer").tensors(), "param.", "qformer.safetensors");
   return model;
 }
 
@@ -232,7 +223,7 @@ TEST(QFormer, ParameterNamesAreLavis) {
   // The 4-layer model has exactly the fixture's parameters.
   std::set<std::string> ours, theirs;
   for (const auto& [name, t] : QFormer(tiny()).named_parameters()) ours.insert(name);
-  for (const auto& [name, t] : fixture_tensors("qformer"))
+  for (const auto& [name, t] : Fixture("qformer").tensors())
     if (name.starts_with("param.")) theirs.insert(name.substr(6));
   EXPECT_EQ(ours, theirs);
 }
@@ -275,7 +266,7 @@ TEST(QFormer, LoaderTakesInstructBlipNamesAndReportsProblems) {
   Fixture f("qformer");
   // InstructBLIP's layout: Qformer.bert.* beside the buffer, query tokens, ln_vision, llm_proj.
   NamedTensors blip;
-  for (const auto& [name, t] : fixture_tensors("qformer"))
+  for (const auto& [name, t] : Fixture("qformer").tensors())
     if (name.starts_with("param.")) blip.emplace_back("Qformer." + name.substr(6), t);
   blip.emplace_back("Qformer.bert.embeddings.position_ids", ops::arange(0, 24).reshape({1, 24}));
   blip.emplace_back("query_tokens", ops::zeros({1, 6, 32}));

@@ -14,6 +14,14 @@ Tensor Fixture::operator[](const std::string& key) const {
   return file_.tensor(key);
 }
 
+NamedTensors Fixture::tensors(const std::string& prefix) const {
+  NamedTensors out;
+  for (const std::string& key : file_.names()) {
+    if (key.starts_with(prefix)) out.emplace_back(key.substr(prefix.size()), file_.tensor(key));
+  }
+  return out;
+}
+
 double rel_error(const Tensor& actual, const Tensor& expected) {
   BVLLM_REQUIRE(actual.shape() == expected.shape(), "rel_error: shapes ", shape_str(actual.shape()), " and ",
                 shape_str(expected.shape()), " differ");

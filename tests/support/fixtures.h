@@ -14,6 +14,9 @@ class Fixture {
   explicit Fixture(const std::string& name);
   Tensor operator[](const std::string& key) const;  // throws naming the fixture when absent
   bool has(const std::string& key) const { return file_.has(key); }
+  // Every tensor whose key starts with `prefix`, named without it, in the file's order (a
+  // fixture's `param.*` entries as the checkpoint they stand for).
+  NamedTensors tensors(const std::string& prefix = "") const;
 
  private:
   SafetensorsFile file_;
