@@ -42,6 +42,8 @@ packages=(
   # data: LMDB shards, video decode, JPEG, tokenizer regex and Unicode normalization
   liblmdb-dev libavformat-dev libavcodec-dev libswscale-dev libavutil-dev
   libturbojpeg0-dev libjpeg62-turbo-dev libpcre2-dev libutf8proc-dev
+  # tools: plot_metrics writes PNG
+  libpng-dev
   # tests and benchmarks: the ffmpeg command line makes test videos and is the prep_decode reference
   ffmpeg
   # distributed: MPI for the process grid and the multi-rank tests

@@ -1,0 +1,2 @@
+// Placeholder until parallel/checkpoint.h lands.
+#include "parallel/checkpoint.pb.h"

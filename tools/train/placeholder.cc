@@ -1,0 +1,2 @@
+// Placeholder until tools/train/trainer.cc lands.
+namespace bvllm::train {}
