@@ -25,12 +25,12 @@ model {
 # and the three projectors; the spatial Q-Former, its queries and LN stay frozen (InstructBLIP).
 # (The code's mm_projector is unused by B-VLLM, and layers/bvllm has none.)
 trainable {
-  unfreeze: "vlm_att_encoder_temporal*"
-  unfreeze: "vlm_att_query_temporal"
-  unfreeze: "vlm_att_ln_temporal*"
-  unfreeze: "vlm_att_projector_temporal*"
-  unfreeze: "vlm_att_projector_spatial*"
-  unfreeze: "vlm_att_val_projector_spatial*"
+  unfreeze: "model.vlm_att_encoder_temporal.*"
+  unfreeze: "model.vlm_att_query_temporal"
+  unfreeze: "model.vlm_att_ln_temporal.*"
+  unfreeze: "model.vlm_att_projector_temporal.*"
+  unfreeze: "model.vlm_att_projector_spatial.*"
+  unfreeze: "model.vlm_att_val_projector_spatial.*"
 }
 
 optimizer { lr: 1e-3 weight_decay: 0 }               # AdamW, paper lr 1e-3, no weight decay

@@ -26,7 +26,7 @@ model {
 # All vlm_att_* modules (both Q-Formers, queries, LNs, projectors); LoRA adapters
 # train as well. EVA and the LLM's base weights and embeddings stay frozen.
 trainable {
-  unfreeze: "vlm_att_*"
+  unfreeze: "model.vlm_att_*"
 }
 
 # r 128, alpha 256 (scale 2), dropout 0.05 on q/k/v/o and gate/up/down of every LLM layer

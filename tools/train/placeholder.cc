@@ -1,2 +1,0 @@
-// Placeholder until tools/train/trainer.cc lands.
-namespace bvllm::train {}

@@ -1,0 +1,62 @@
+// The training loop of bvllm_train: a recipe (recipes/recipe.h) becomes a model
+// (tools/train/model_builder.h), a loader (data/loader.h) and AdamW with its schedule, and runs
+// for the recipe's steps or epochs.
+//
+// One optimizer step = batch.grad_accum micro-batches of batch.micro_batch samples; each
+// micro-batch's loss (the mean over its supervised tokens) is divided by grad_accum before
+// backward, as the Hugging Face Trainer does; the logged loss is the mean of the micro-batch losses.
+// Then the global gradient norm is clipped (optimizer.clip_grad_norm), the schedule sets the lr of
+// step k to base_lr * λ(k) (runtime/optim/schedule.h), and AdamW steps.
+//
+// The run directory (RUN_DIR, default runs/<recipe name>) holds:
+//   recipe.pb           the resolved recipe (defaults and --set applied)
+//   metrics.jsonl       one line per optimizer step: {"step", "loss", "lr", "grad_norm",
+//                       "tokens_per_s", "samples_per_s", "epoch", "elapsed_s"}
+//   checkpoints/        parallel/checkpoint.h directories: model.safetensors (every parameter),
+//                       optimizer.safetensors (<param>.exp_avg, .exp_avg_sq, .master, .step),
+//                       trainer.json (step, RNG states, loader position), recipe.pb; `latest`
+// Resume (--resume) loads the latest checkpoint and continues exactly: the same batches, Gumbel
+// noise, dropout masks and updates as a run that was never stopped (bitwise on the CPU). A run
+// directory that already has checkpoints is refused without --resume, so nothing is overwritten.
+//
+// A loss or gradient norm that is NaN or infinite stops the run before the optimizer touches the
+// parameters; the last good checkpoint stays the latest.
+//
+// Precision: the CPU computes in f32 (bf16 tensors are widened to f32 by every CPU kernel, so
+// precision.compute BF16 would only round the weights); bf16 compute with f32 master weights is the
+// CUDA path's (runtime/optim/adamw.h keeps the master copy).
+#pragma once
+
+#include <cstdint>
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+namespace bvllm::train {
+
+struct TrainOptions {
+  std::string recipe;                  // the recipe file
+  std::vector<std::string> overrides;  // --set FIELD.PATH=VALUE, in order
+  std::string run_dir;                 // default: runs/<recipe name>
+  bool resume = false;                 // continue from RUN_DIR's latest checkpoint
+  // Testing: return after this optimizer step (0: run to the end) ...
+  int64_t stop_after_step = 0;
+  // ... or SIGKILL the process right after this step's metrics line (0: never), to test resume.
+  int64_t kill_after_step = 0;
+  std::ostream* console = nullptr;  // progress lines; default std::cerr
+};
+
+struct TrainResult {
+  int64_t step = 0;          // optimizer steps done (counting those before a resume)
+  int64_t total_steps = 0;   // what the recipe asks for
+  double last_loss = 0;      // the last step's loss
+  bool diverged = false;     // stopped by a NaN/inf loss or gradient norm
+  std::string checkpoint;    // the latest checkpoint directory ("" when none was written)
+  std::string run_dir;
+};
+
+// Runs the recipe. Throws bvllm::Error, before any work, for a malformed recipe or a refused run
+// directory; errors while training (a bad sample that cannot be skipped, I/O) propagate.
+TrainResult train(const TrainOptions& options);
+
+}  // namespace bvllm::train
