@@ -149,6 +149,20 @@ Tokenizers load_tokenizers(const recipes::Recipe& recipe, const std::string& sou
   return Tokenizers{Qwen2Tokenizer::load(qwen_path), BertTokenizer::from_vocab_file(m.qformer().bert_vocab())};
 }
 
+data::LoaderOptions loader_options(const recipes::Recipe& recipe, int rank, int world) {
+  data::LoaderOptions o = data::LoaderOptions::for_stage(static_cast<int>(recipe.data().stage()));
+  o.shards = recipe.data().shards();
+  o.rank = rank;
+  o.world = world;
+  o.seed = recipe.seed();
+  o.batch_size = recipe.batch().micro_batch();
+  o.frames = recipe.model().frames_per_sample();
+  o.image_size = static_cast<int>(recipe.model().vision().image_size());
+  o.pad_to_square = recipe.data().image_pad();
+  o.max_length = recipe.data().max_length();
+  return o;
+}
+
 BuiltModel build_model(const recipes::Recipe& recipe, const std::string& source, int64_t bert_vocab_size,
                        const BuildOptions& options) {
   const layers::BvllmConfig config = bvllm_config(recipe, source, bert_vocab_size);

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "data/bert_tokenizer.h"
+#include "data/loader.h"
 #include "data/qwen2_tokenizer.h"
 #include "layers/bvllm.h"
 #include "recipes/recipe.pb.h"
@@ -38,6 +39,10 @@ struct Tokenizers {
 };
 // model.tokenizer (or llm_dir/tokenizer.json) and model.qformer.bert_vocab.
 Tokenizers load_tokenizers(const recipes::Recipe& recipe, const std::string& source);
+
+// The loader settings a recipe implies for one data-parallel rank (frames, image size, stage
+// template, padding, max length, micro-batch, seed).
+data::LoaderOptions loader_options(const recipes::Recipe& recipe, int rank = 0, int world = 1);
 
 struct BuildOptions {
   // Skip steps 2-4 (tools that load a checkpoint over the model right after, such as bvllm_eval).

@@ -173,15 +173,7 @@ class Trainer {
                   tokenizers_->qwen.vocab_size(), " ids do not fit the LLM's vocabulary of ", llm_vocab);
 
     // The data.
-    data::LoaderOptions lo = data::LoaderOptions::for_stage(static_cast<int>(recipe_.data().stage()));
-    lo.shards = recipe_.data().shards();
-    lo.seed = recipe_.seed();
-    lo.batch_size = recipe_.batch().micro_batch();
-    lo.frames = recipe_.model().frames_per_sample();
-    lo.image_size = static_cast<int>(recipe_.model().vision().image_size());
-    lo.pad_to_square = recipe_.data().image_pad();
-    lo.max_length = recipe_.data().max_length();
-    loader_ = std::make_unique<data::DataLoader>(lo, tokenizers_->qwen, tokenizers_->bert);
+    loader_ = std::make_unique<data::DataLoader>(loader_options(recipe_), tokenizers_->qwen, tokenizers_->bert);
     const int64_t per_step = recipe_.batch().micro_batch() * recipe_.batch().grad_accum();
     total_steps_ = recipe_.has_steps() ? recipe_.steps()
                                        : static_cast<int64_t>(std::ceil(recipe_.epochs() *
