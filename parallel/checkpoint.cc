@@ -191,6 +191,11 @@ class DirGuard {
   DirGuard(const DirGuard&) = delete;
   DirGuard& operator=(const DirGuard&) = delete;
   void release() { path_.clear(); }
+  void reset() {
+    std::error_code ec;
+    if (!path_.empty()) fs::remove_all(path_, ec);
+    path_.clear();
+  }
 
  private:
   fs::path path_;
@@ -213,7 +218,10 @@ void check_names(const std::string& dir, const Checkpoint& checkpoint) {
 }
 
 // Writes the checkpoint's files and manifest.pb into the (empty) directory `tmp`, all fsynced.
-void write_step(const fs::path& tmp, const Checkpoint& checkpoint) {
+void write_step(const fs::path& tmp, const Checkpoint& checkpoint, const CheckpointSaveOptions& options) {
+  auto stage = [&](const std::string& name) {
+    if (options.on_stage) options.on_stage("wrote " + name);
+  };
   CheckpointManifest manifest;
   manifest.set_format_version(kCheckpointFormatVersion);
   manifest.set_step(checkpoint.step);
@@ -231,6 +239,7 @@ void write_step(const fs::path& tmp, const Checkpoint& checkpoint) {
     const std::string name = stem + kTensorsSuffix;
     save_safetensors(join(tmp, name), tensors);  // fsyncs the file and renames it into tmp
     add_file(name, CheckpointFile::TENSORS);
+    stage(name);
     for (const auto& [tensor_name, t] : tensors) {
       CheckpointTensor* entry = manifest.add_tensors();
       entry->set_name(tensor_name);
@@ -246,12 +255,14 @@ void write_step(const fs::path& tmp, const Checkpoint& checkpoint) {
   for (const auto& [name, text] : checkpoint.texts) {
     write_file_synced(join(tmp, name), text);
     add_file(name, CheckpointFile::TEXT);
+    stage(name);
   }
   std::string text;
   CHECK(pb::TextFormat::PrintToString(manifest, &text));
   write_file_synced(join(tmp, kManifest),
                     "# bvllm checkpoint manifest: parallel/checkpoint.proto CheckpointManifest\n" + text);
   sync_dir(tmp.string());
+  stage(kManifest);
 }
 
 // Renames the complete directory `tmp` to `final_dir`. When `final_dir` exists, the two are
@@ -314,12 +325,13 @@ std::string save_checkpoint(const std::string& dir, const Checkpoint& checkpoint
   const fs::path tmp = root / str_cat(kTmpPrefix, name, "-", ::getpid());
   DirGuard tmp_guard(tmp);  // a failed save leaves no half-written directory behind
   if (!fs::create_directory(tmp, ec) || ec) fail(tmp.string(), "cannot create directory: ", ec.message());
-  write_step(tmp, checkpoint);
+  write_step(tmp, checkpoint, options);
 
   const fs::path final_dir = root / name;
   std::optional<fs::path> replaced = install(root, tmp, final_dir);
   if (!replaced) tmp_guard.release();  // else the guard now deletes the replaced directory
   sync_dir(dir);
+  if (options.on_stage) options.on_stage("directory");
 
   // Only now may `latest` name the new directory: it is complete and durable.
   const std::string latest_tmp = join(root, str_cat(kTmpPrefix, kLatest, "-", ::getpid()));
@@ -328,9 +340,12 @@ std::string save_checkpoint(const std::string& dir, const Checkpoint& checkpoint
   if (::rename(latest_tmp.c_str(), latest.c_str()) != 0)
     fail(latest, "cannot rename ", latest_tmp, " into place: ", errno_text());
   sync_dir(dir);
+  if (options.on_stage) options.on_stage("latest");
 
   if (replaced && *replaced != tmp) fs::remove_all(*replaced, ec);  // moved aside (no exchange)
   if (options.keep_last > 0) prune(dir, checkpoint.step, options.keep_last);
+  tmp_guard.reset();  // the directory this save replaced, if any, goes now
+  if (options.on_stage) options.on_stage("done");
   return final_dir.string();
 }
 

@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -46,6 +47,11 @@ struct CheckpointSaveOptions {
   // keep_last remain among the new one and those of lower steps (directories of HIGHER steps, left
   // by a run that was resumed from an earlier step, are not touched). 0 keeps every step.
   int keep_last = 0;
+  // Called after each stage of the save is durable, in order: "wrote <file>" for each file of the
+  // step directory (manifest.pb last), "directory" (step-X renamed into place), "latest" (DIR/latest
+  // names it), "done" (replaced and pruned directories deleted). For progress logs, and for tests
+  // that simulate a crash at each of these points.
+  std::function<void(const std::string& stage)> on_stage = nullptr;
 };
 
 // "step-00000200" (at least 8 digits).
