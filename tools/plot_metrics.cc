@@ -27,7 +27,7 @@
 DEFINE_string(metrics, "", "RUN_DIR/metrics.jsonl, or several comma-separated to draw them one after the other");
 DEFINE_string(out, "", "the PNG to write");
 DEFINE_string(title, "", "the chart's title (default: the runs' names)");
-DEFINE_int32(smooth, 0, "moving-average window of the loss in steps (0: about 1/30 of the longest run; 1: none)");
+DEFINE_int32(smooth, 0, "moving-average window of the loss in steps (0: about 1/50 of the longest run; 1: none)");
 DEFINE_int32(width, 1000, "image width in pixels");
 DEFINE_int32(height, 600, "image height in pixels");
 

@@ -95,8 +95,9 @@ void Canvas::polyline(const std::vector<PointF>& points, double width, Rgb colou
     if (!finite(points[i])) continue;
     const bool joined = i + 1 < points.size() && finite(points[i + 1]);
     const bool alone = !joined && (i == 0 || !finite(points[i - 1]));
-    // A point between two breaks is drawn as a dot so it does not vanish.
-    if (joined || alone) cover_segment(points[i], joined ? points[i + 1] : points[i], width / 2, clip, &coverage);
+    // A point between two breaks is drawn as a dot, wider than the line so that it can be seen.
+    if (joined) cover_segment(points[i], points[i + 1], width / 2, clip, &coverage);
+    if (alone) cover_segment(points[i], points[i], width, clip, &coverage);
   }
   composite(coverage, clip, colour, alpha);
 }

@@ -69,7 +69,7 @@ int smooth_window(const std::vector<RunMetrics>& runs, int smooth) {
   if (smooth > 0) return smooth;
   size_t longest = 0;
   for (const RunMetrics& run : runs) longest = std::max(longest, run.loss.size());
-  return std::max(1, static_cast<int>(std::lround(static_cast<double>(longest) / 30)));
+  return std::max(1, static_cast<int>(std::lround(static_cast<double>(longest) / 50)));
 }
 
 std::vector<double> moving_average(const std::vector<double>& values, int window) {

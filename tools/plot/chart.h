@@ -31,7 +31,8 @@ struct ChartOptions {
   int smooth = 0;     // moving-average window in steps; 0: smooth_window()'s choice
 };
 
-// The window used for smooth == 0: about 1/30 of the longest run's loss points, at least 1.
+// The window used for smooth == 0: about 1/50 of the longest run's loss points, at least 1 (a
+// trailing mean lags by half its window: 1% of the width).
 int smooth_window(const std::vector<RunMetrics>& runs, int smooth);
 
 // values[i] replaced by the mean of the last `window` finite values up to i (NaN where values[i]
