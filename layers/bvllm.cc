@@ -196,6 +196,45 @@ int64_t find_placeholder(const std::vector<int64_t>& ids, size_t sample) {
 
 }  // namespace
 
+BvllmInput BvllmForCausalLM::input_embeds(const BvllmSample& sample, const BvllmForwardOptions& options,
+                                          size_t s) const {
+  const BvllmModel& m = *bvllm_;
+  const Device device = m.embed_tokens->weight().device();
+  const DType dtype = m.embed_tokens->weight().dtype();
+  BVLLM_REQUIRE(sample.ids.defined() && sample.ids.dim() == 1 && sample.ids.size(0) > 0, "B-VLLM: sample ", s,
+                " needs ids [L > 0]");
+  BVLLM_REQUIRE(!sample.labels.defined() || sample.labels.shape() == sample.ids.shape(), "B-VLLM: sample ", s,
+                " labels ", shape_str(sample.labels.shape()), " do not match ids ", shape_str(sample.ids.shape()));
+  const std::vector<int64_t> ids = sample.ids.to(DType::I64).to(Device::cpu()).to_vector<int64_t>();
+  const int64_t at = find_placeholder(ids, s), length = static_cast<int64_t>(ids.size());
+  Tensor ids_device = sample.ids.to(DType::I64).to(device);
+  Tensor labels = sample.labels.defined() ? sample.labels.to(DType::I64).to(device) : Tensor();
+  BvllmInput out;
+  if (at < 0) {
+    BVLLM_REQUIRE(!sample.pixels.defined() && !sample.vision.defined(), "B-VLLM: sample ", s,
+                  " has frames but no <video>/<image> placeholder in its ids");
+    out.embeds = m.embed_tokens->forward(ids_device);
+    out.labels = labels;
+    return out;
+  }
+  Tensor z = m.visual_tokens(sample, options, &out.visual).to(dtype);
+  std::vector<Tensor> parts, label_parts;
+  if (at > 0) {
+    parts.push_back(m.embed_tokens->forward(ids_device.narrow(0, 0, at)));
+    if (labels.defined()) label_parts.push_back(labels.narrow(0, 0, at));
+  }
+  parts.push_back(z);
+  if (labels.defined()) label_parts.push_back(ops::full({z.size(0)}, kIgnoreIndex, DType::I64, device));
+  if (at + 1 < length) {
+    parts.push_back(m.embed_tokens->forward(ids_device.narrow(0, at + 1, length - at - 1)));
+    if (labels.defined()) label_parts.push_back(labels.narrow(0, at + 1, length - at - 1));
+  }
+  out.embeds = ops::concat(parts, 0);
+  if (labels.defined()) out.labels = ops::concat(label_parts, 0);
+  out.visual_start = at;
+  return out;
+}
+
 BvllmOutput BvllmForCausalLM::forward(const std::vector<BvllmSample>& samples,
                                       const BvllmForwardOptions& options) const {
   BVLLM_REQUIRE(!samples.empty(), "B-VLLM: the batch is empty");
@@ -207,40 +246,12 @@ BvllmOutput BvllmForCausalLM::forward(const std::vector<BvllmSample>& samples,
   std::vector<Tensor> rows, label_rows;
   bool all_labelled = true;
   for (size_t s = 0; s < samples.size(); ++s) {
-    const BvllmSample& sample = samples[s];
-    BVLLM_REQUIRE(sample.ids.defined() && sample.ids.dim() == 1 && sample.ids.size(0) > 0, "B-VLLM: sample ", s,
-                  " needs ids [L > 0]");
-    BVLLM_REQUIRE(!sample.labels.defined() || sample.labels.shape() == sample.ids.shape(), "B-VLLM: sample ", s,
-                  " labels ", shape_str(sample.labels.shape()), " do not match ids ", shape_str(sample.ids.shape()));
-    all_labelled = all_labelled && sample.labels.defined();
-    const std::vector<int64_t> ids = sample.ids.to(DType::I64).to(Device::cpu()).to_vector<int64_t>();
-    const int64_t at = find_placeholder(ids, s), length = static_cast<int64_t>(ids.size());
-    Tensor ids_device = sample.ids.to(DType::I64).to(device);
-    Tensor labels = sample.labels.defined() ? sample.labels.to(DType::I64).to(device) : Tensor();
-    VisualSelection selection;
-    if (at < 0) {
-      BVLLM_REQUIRE(!sample.pixels.defined() && !sample.vision.defined(), "B-VLLM: sample ", s,
-                    " has frames but no <video>/<image> placeholder in its ids");
-      rows.push_back(m.embed_tokens->forward(ids_device));
-      label_rows.push_back(labels);
-    } else {
-      Tensor z = m.visual_tokens(sample, options, &selection).to(dtype);
-      std::vector<Tensor> parts, label_parts;
-      if (at > 0) {
-        parts.push_back(m.embed_tokens->forward(ids_device.narrow(0, 0, at)));
-        if (labels.defined()) label_parts.push_back(labels.narrow(0, 0, at));
-      }
-      parts.push_back(z);
-      if (labels.defined()) label_parts.push_back(ops::full({z.size(0)}, kIgnoreIndex, DType::I64, device));
-      if (at + 1 < length) {
-        parts.push_back(m.embed_tokens->forward(ids_device.narrow(0, at + 1, length - at - 1)));
-        if (labels.defined()) label_parts.push_back(labels.narrow(0, at + 1, length - at - 1));
-      }
-      rows.push_back(ops::concat(parts, 0));
-      label_rows.push_back(labels.defined() ? ops::concat(label_parts, 0) : Tensor());
-    }
+    BvllmInput input = input_embeds(samples[s], options, s);
+    all_labelled = all_labelled && input.labels.defined();
+    rows.push_back(std::move(input.embeds));
+    label_rows.push_back(std::move(input.labels));
     out.lengths.push_back(rows.back().size(0));
-    out.visual.push_back(std::move(selection));
+    out.visual.push_back(std::move(input.visual));
   }
 
   // Right padding (zeros, as LLaVA's prepare_inputs_labels_for_multimodal): with causal

@@ -120,11 +120,25 @@ class BvllmModel : public Qwen2Model {
   BvllmConfig bvllm_config_;
 };
 
+// One sample's LLM input with its visual tokens spliced in (what forward() stacks into a batch).
+struct BvllmInput {
+  Tensor embeds;             // [L', hidden]: text embeddings with Z in place of the placeholder
+  Tensor labels;             // [L'] i64, -100 on the visual tokens; undefined when the sample has none
+  VisualSelection visual;    // empty kept for a text-only sample
+  int64_t visual_start = 0;  // position of the first visual token (the placeholder's), 0 when none
+};
+
 class BvllmForCausalLM : public Qwen2ForCausalLM {
  public:
   BvllmForCausalLM(const BvllmConfig& config, DType dtype = DType::F32);
 
   BvllmOutput forward(const std::vector<BvllmSample>& samples, const BvllmForwardOptions& options = {}) const;
+
+  // The input embeddings of one sample, visual tokens spliced in: forward_embeds of embeds[None]
+  // gives the logits forward() gives for the sample alone. Inference starts generation from it
+  // (layers/generate.h generate_from_embeds), so the visual tokens are computed once per video.
+  // `index` names the sample in errors.
+  BvllmInput input_embeds(const BvllmSample& sample, const BvllmForwardOptions& options = {}, size_t index = 0) const;
 
   BvllmModel& bvllm() const { return *bvllm_; }
   const BvllmConfig& bvllm_config() const { return bvllm_->bvllm_config(); }

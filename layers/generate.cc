@@ -66,21 +66,24 @@ int64_t next_token(const Tensor& logits, const GenerationOptions& o, Generator& 
   return order[kept - 1];  // rounding left u a hair above the sum
 }
 
-GenerationResult generate(const Qwen2ForCausalLM& model, KVCache& cache, const std::vector<int64_t>& prompt,
-                          const GenerationOptions& options, const std::function<void(int64_t)>& on_token) {
-  BVLLM_REQUIRE(!prompt.empty(), "generate: the prompt is empty");
+namespace {
+
+// The decode loop after a prefill: `prefill` runs the prompt through the model with the cache and
+// returns the last position's logits [vocab].
+GenerationResult decode(const Qwen2ForCausalLM& model, KVCache& cache, const std::function<Tensor()>& prefill,
+                        const GenerationOptions& options, const std::function<void(int64_t)>& on_token) {
   BVLLM_REQUIRE(options.max_new_tokens >= 0, "generate: max_new_tokens must be >= 0, got ", options.max_new_tokens);
   NoGradGuard no_grad;
   const Device device = model.lm_head_weight().device();
   Generator gen{options.seed, 0, 0};
   GenerationResult result;
 
-  auto step = [&](const std::vector<int64_t>& ids) {
-    Tensor input = Tensor::from<int64_t>(ids, {1, static_cast<int64_t>(ids.size())}).to(device);
+  auto step = [&](int64_t token) {
+    Tensor input = Tensor::from<int64_t>({token}, {1, 1}).to(device);
     return model.forward(input, {.cache = &cache, .logits_to_keep = 1}).reshape({-1});
   };
   auto start = std::chrono::steady_clock::now();
-  Tensor logits = step(prompt);
+  Tensor logits = prefill();
   result.prefill_seconds = seconds_since(start);
   start = std::chrono::steady_clock::now();
   while (static_cast<int64_t>(result.tokens.size()) < options.max_new_tokens) {
@@ -93,10 +96,39 @@ GenerationResult generate(const Qwen2ForCausalLM& model, KVCache& cache, const s
       break;
     }
     if (static_cast<int64_t>(result.tokens.size()) == options.max_new_tokens) break;
-    logits = step({token});
+    logits = step(token);
   }
   result.decode_seconds = seconds_since(start);
   return result;
+}
+
+}  // namespace
+
+GenerationResult generate(const Qwen2ForCausalLM& model, KVCache& cache, const std::vector<int64_t>& prompt,
+                          const GenerationOptions& options, const std::function<void(int64_t)>& on_token) {
+  BVLLM_REQUIRE(!prompt.empty(), "generate: the prompt is empty");
+  const Device device = model.lm_head_weight().device();
+  auto prefill = [&] {
+    Tensor input = Tensor::from<int64_t>(prompt, {1, static_cast<int64_t>(prompt.size())}).to(device);
+    return model.forward(input, {.cache = &cache, .logits_to_keep = 1}).reshape({-1});
+  };
+  return decode(model, cache, prefill, options, on_token);
+}
+
+GenerationResult generate_from_embeds(const Qwen2ForCausalLM& model, KVCache& cache, const Tensor& prompt_embeds,
+                                      const GenerationOptions& options, const std::function<void(int64_t)>& on_token) {
+  const int64_t hidden = model.config().hidden_size;
+  BVLLM_REQUIRE(prompt_embeds.defined() && prompt_embeds.dim() == 2 && prompt_embeds.size(0) > 0 &&
+                    prompt_embeds.size(1) == hidden,
+                "generate_from_embeds: the prompt embeddings must be [L > 0, ", hidden, "], got ",
+                prompt_embeds.defined() ? shape_str(prompt_embeds.shape()) : std::string("undefined"));
+  const Device device = model.lm_head_weight().device();
+  const DType dtype = model.lm_head_weight().dtype();
+  auto prefill = [&] {
+    Tensor input = prompt_embeds.detach().to(dtype).to(device).reshape({1, prompt_embeds.size(0), hidden});
+    return model.forward_embeds(input, {.cache = &cache, .logits_to_keep = 1}).reshape({-1});
+  };
+  return decode(model, cache, prefill, options, on_token);
 }
 
 GenerationResult generate(const Qwen2ForCausalLM& model, const std::vector<int64_t>& prompt,

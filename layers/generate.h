@@ -38,6 +38,13 @@ GenerationResult generate(const Qwen2ForCausalLM& model, KVCache& cache, const s
 GenerationResult generate(const Qwen2ForCausalLM& model, const std::vector<int64_t>& prompt,
                           const GenerationOptions& options, const std::function<void(int64_t)>& on_token = {});
 
+// The same from input embeddings [L, hidden] instead of ids: a B-VLLM prompt with its visual tokens
+// spliced in (BvllmForCausalLM::input_embeds). The cache then continues with ids as above, so a
+// chat computes a video's visual tokens once and every later turn only appends its text.
+GenerationResult generate_from_embeds(const Qwen2ForCausalLM& model, KVCache& cache, const Tensor& prompt_embeds,
+                                      const GenerationOptions& options,
+                                      const std::function<void(int64_t)>& on_token = {});
+
 // The next token from one row of logits [vocab]: argmax (the lowest id among equal maxima) when
 // greedy, else a draw from the warped distribution with one uniform from `gen`.
 int64_t next_token(const Tensor& logits, const GenerationOptions& options, Generator& gen);
