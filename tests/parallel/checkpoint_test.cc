@@ -578,7 +578,18 @@ TEST_F(CheckpointDir, SaverKilledAtAnyMomentLeavesLatestNamingACompleteCheckpoin
   // keep_last pruning) until the parent SIGKILLs it after a random delay. After every kill,
   // `latest` must name a directory that loads, whose contents are those of the step it names,
   // and that is no older than what the previous round verified.
+  // Kill delays scale with what one save takes here and now (fsync times vary a lot with the
+  // machine and its load): up to four saves' worth, so some kills come after completed saves.
+  int64_t save_us = 0;
+  for (int i = 0; i < 3; ++i) {
+    auto start = std::chrono::steady_clock::now();
+    save_checkpoint((dir_ / "timing").string(), make_checkpoint(1, 50'000));
+    auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start);
+    save_us = std::max<int64_t>(save_us, us.count());
+  }
+  fs::remove_all(dir_ / "timing");
   std::mt19937 rng(1234);
+  std::uniform_int_distribution<int64_t> delay_us(0, 4 * save_us + 1000);
   int64_t verified = 0;
   int kills_mid_save = 0;
   for (int round = 0; round < 25; ++round) {
@@ -596,7 +607,7 @@ TEST_F(CheckpointDir, SaverKilledAtAnyMomentLeavesLatestNamingACompleteCheckpoin
         ::_exit(3);  // a failed save must not pass for a kill
       }
     }
-    std::this_thread::sleep_for(std::chrono::microseconds(std::uniform_int_distribution<int>(500, 30'000)(rng)));
+    std::this_thread::sleep_for(std::chrono::microseconds(delay_us(rng)));
     ::kill(child, SIGKILL);
     int status = 0;
     ASSERT_EQ(::waitpid(child, &status, 0), child);
@@ -619,7 +630,7 @@ TEST_F(CheckpointDir, SaverKilledAtAnyMomentLeavesLatestNamingACompleteCheckpoin
     EXPECT_EQ(latest_checkpoint(dir()), (dir_ / name).string());
     verified = c.step;
   }
-  EXPECT_GT(verified, 0) << "no save ever completed: the delays are too short for this machine";
+  EXPECT_GT(verified, 0) << "no save ever completed (one took " << save_us << " us when timed)";
   // Most kills land mid-save (the child does nothing else), so leftovers were seen and cleaned.
   EXPECT_GT(kills_mid_save, 0);
   save_checkpoint(dir(), make_checkpoint(verified + 1));
