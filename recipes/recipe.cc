@@ -38,23 +38,40 @@ constexpr const char* kDefaults = R"pb(
   seed: 42
 )pb";
 
-// Keeps the first error of a parse, 1-based, as "SOURCE:LINE:COL: message".
+// The field a line of recipe text sets ("  lr: 2e-4  # peak" -> "lr"), or "" when it sets none.
+std::string field_on_line(const std::string& text, int line) {
+  std::istringstream in(text);
+  std::string current;
+  for (int i = 0; i <= line && std::getline(in, current); ++i) {
+  }
+  static const std::regex field(R"(^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:)");
+  std::smatch m;
+  return std::regex_search(current, m, field) ? m[1].str() : std::string();
+}
+
+// Keeps the first error of a parse, 1-based, as "SOURCE:LINE:COL: message"; protobuf's message
+// names the field for unknown and repeated fields but not for a value of the wrong type ("Expected
+// integer, got: ..."), so the field set on that line is named too.
 class FirstError : public pb::io::ErrorCollector {
  public:
-  explicit FirstError(std::string source) : source_(std::move(source)) {}
+  FirstError(std::string source, const std::string& text) : source_(std::move(source)), text_(text) {}
   void AddError(int line, pb::io::ColumnNumber column, const std::string& message) override {
-    if (message_.empty()) message_ = str_cat(source_, ":", line + 1, ":", column + 1, ": ", message);
+    if (!message_.empty()) return;
+    const std::string field = field_on_line(text_, line);
+    const bool named = field.empty() || message.find("\"" + field + "\"") != std::string::npos;
+    message_ = str_cat(source_, ":", line + 1, ":", column + 1, ": ", named ? "" : "field " + field + ": ", message);
   }
   const std::string& message() const { return message_; }
 
  private:
   std::string source_;
+  const std::string& text_;
   std::string message_;
 };
 
 Recipe parse_text(const std::string& text, const std::string& source) {
   Recipe recipe;
-  FirstError errors(source);
+  FirstError errors(source, text);
   pb::TextFormat::Parser parser;
   parser.RecordErrorsTo(&errors);
   if (!parser.ParseFromString(text, &recipe)) {

@@ -72,7 +72,8 @@ int64_t apply_patterns(layers::BvllmForCausalLM& model, const google::protobuf::
 }
 
 // Step 5: adapters on the LLM linears whose module name the regex finds.
-int64_t add_lora(layers::BvllmForCausalLM& model, const recipes::Lora& lora, Generator& gen, const std::string& source) {
+int64_t add_lora(layers::BvllmForCausalLM& model, const recipes::Lora& lora, Generator& gen,
+                 const std::string& source) {
   const std::regex target(lora.target_regex());
   const layers::LoraOptions options{.rank = lora.rank(), .alpha = lora.alpha(), .dropout = lora.dropout()};
   int64_t added = 0;

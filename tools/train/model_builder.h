@@ -54,7 +54,7 @@ struct BuildOptions {
 
 struct BuiltModel {
   std::shared_ptr<layers::BvllmForCausalLM> model;
-  int64_t lora_modules = 0;  // linears that got an adapter
+  int64_t lora_modules = 0;            // linears that got an adapter
   std::vector<std::string> trainable;  // names of the trainable parameters, in model order
 };
 

@@ -42,17 +42,20 @@ json generator_to_json(const Generator& g) { return {{"seed", g.seed}, {"stream"
 Generator generator_from_json(const json& j, const std::string& source, const char* field) {
   BVLLM_REQUIRE(j.is_object() && j.contains("seed") && j.contains("stream") && j.contains("offset"), source, ": ",
                 field, ": expected {\"seed\", \"stream\", \"offset\"}");
-  return Generator{.seed = j["seed"].get<uint64_t>(), .stream = j["stream"].get<uint64_t>(),
-                   .offset = j["offset"].get<uint64_t>()};
+  return Generator{
+      .seed = j["seed"].get<uint64_t>(), .stream = j["stream"].get<uint64_t>(), .offset = j["offset"].get<uint64_t>()};
 }
 
 std::string format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";
   const auto s = static_cast<int64_t>(seconds + 0.5);
   std::ostringstream out;
-  if (s >= 3600) out << s / 3600 << "h" << std::setw(2) << std::setfill('0') << (s % 3600) / 60 << "m";
-  else if (s >= 60) out << s / 60 << "m" << std::setw(2) << std::setfill('0') << s % 60 << "s";
-  else out << s << "s";
+  if (s >= 3600)
+    out << s / 3600 << "h" << std::setw(2) << std::setfill('0') << (s % 3600) / 60 << "m";
+  else if (s >= 60)
+    out << s / 60 << "m" << std::setw(2) << std::setfill('0') << s % 60 << "s";
+  else
+    out << s << "s";
   return out.str();
 }
 
@@ -118,7 +121,8 @@ class Trainer {
         LOG(ERROR) << "step " << step_ + 1 << ": the " << (std::isfinite(stats.loss) ? "gradient norm" : "loss")
                    << " is " << (std::isfinite(stats.loss) ? stats.grad_norm : stats.loss)
                    << "; stopping before the update. "
-                   << (latest_ ? "The last good checkpoint is " + *latest_ + " (resume with --resume after fixing the "
+                   << (latest_ ? "The last good checkpoint is " + *latest_ +
+                                     " (resume with --resume after fixing the "
                                      "cause, e.g. a lower optimizer.lr)"
                                : std::string("No checkpoint was written yet."));
         write_metrics(stats, /*finite=*/false);
@@ -137,8 +141,9 @@ class Trainer {
     result.step = step_;
     if (latest_.has_value()) result.checkpoint = *latest_;
     if (!result.diverged && step_ == total_steps_)
-      console_ << "bvllm_train: done, " << step_ << " steps in " << format_duration(elapsed()) << ". Metrics: "
-               << (run_dir_ / "metrics.jsonl").string() << "; checkpoint: " << result.checkpoint << std::endl;
+      console_ << "bvllm_train: done, " << step_ << " steps in " << format_duration(elapsed())
+               << ". Metrics: " << (run_dir_ / "metrics.jsonl").string() << "; checkpoint: " << result.checkpoint
+               << std::endl;
     return result;
   }
 
@@ -175,10 +180,11 @@ class Trainer {
     // The data.
     loader_ = std::make_unique<data::DataLoader>(loader_options(recipe_), tokenizers_->qwen, tokenizers_->bert);
     const int64_t per_step = recipe_.batch().micro_batch() * recipe_.batch().grad_accum();
-    total_steps_ = recipe_.has_steps() ? recipe_.steps()
-                                       : static_cast<int64_t>(std::ceil(recipe_.epochs() *
-                                                                        static_cast<double>(loader_->samples_per_epoch()) /
-                                                                        static_cast<double>(per_step)));
+    total_steps_ =
+        recipe_.has_steps()
+            ? recipe_.steps()
+            : static_cast<int64_t>(std::ceil(recipe_.epochs() * static_cast<double>(loader_->samples_per_epoch()) /
+                                             static_cast<double>(per_step)));
     BVLLM_REQUIRE(total_steps_ > 0, source_, ": epochs: ", recipe_.epochs(), " of ", loader_->samples_per_epoch(),
                   " samples is no optimizer step of ", per_step, " samples");
 
@@ -230,8 +236,9 @@ class Trainer {
     if (!no_decay.params.empty()) groups.push_back(no_decay);
     const recipes::Optimizer& o = recipe_.optimizer();
     optimizer_ = std::make_unique<optim::AdamW>(
-        groups, optim::AdamWOptions{.lr = o.lr(), .beta1 = o.beta1(), .beta2 = o.beta2(), .eps = o.eps(),
-                                    .weight_decay = o.weight_decay()});
+        groups,
+        optim::AdamWOptions{
+            .lr = o.lr(), .beta1 = o.beta1(), .beta2 = o.beta2(), .eps = o.eps(), .weight_decay = o.weight_decay()});
   }
 
   std::vector<layers::BvllmSample> next_micro_batch() {
@@ -264,6 +271,7 @@ class Trainer {
       const std::vector<layers::BvllmSample> samples = next_micro_batch();
       layers::BvllmOutput out = model_->forward(samples, {.generator = &gumbel_});
       BVLLM_REQUIRE(out.loss.defined(), "bvllm_train: a micro-batch without labels");
+      warn_if_unsupervised(out.labels);
       const double loss = out.loss.item<float>();
       stats.loss += loss / static_cast<double>(accum);
       for (int64_t n : out.lengths) stats.tokens += n;
@@ -285,6 +293,19 @@ class Trainer {
     optimizer_->zero_grad();
     stats.seconds = std::chrono::duration<double>(Clock::now() - begin).count();
     return stats;
+  }
+
+  // A micro-batch whose answers were all cut by data.max_length (or had none) teaches nothing; the
+  // loss over zero tokens is 0, so say it rather than train on silence.
+  void warn_if_unsupervised(const Tensor& labels) {
+    const Tensor l = labels.contiguous();
+    const int64_t rows = l.size(0), cols = l.size(1);
+    int64_t supervised = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 1; c < cols; ++c) supervised += l.data<int64_t>()[r * cols + c] != layers::kIgnoreIndex;
+    if (supervised == 0 && unsupervised_warnings_++ < 5)
+      LOG(WARNING) << "step " << step_ + 1 << ": a micro-batch with no supervised token (is data.max_length "
+                   << recipe_.data().max_length() << " cutting off the answers?)";
   }
 
   double elapsed() const { return elapsed_before_ + std::chrono::duration<double>(Clock::now() - start_).count(); }
@@ -317,11 +338,10 @@ class Trainer {
              << 100.0 * static_cast<double>(step_) / static_cast<double>(total_steps_) << "%)  loss "
              << std::setprecision(4) << s.loss << "  lr " << std::scientific << std::setprecision(2) << s.lr
              << std::fixed << "  |g| " << std::setprecision(3) << s.grad_norm << "  " << std::setprecision(0)
-             << (s.seconds > 0 ? static_cast<double>(s.tokens) / s.seconds : 0.0) << " tok/s  "
-             << std::setprecision(1) << (s.seconds > 0 ? static_cast<double>(s.samples) / s.seconds : 0.0)
-             << " samples/s  elapsed " << format_duration(elapsed()) << "  ETA "
-             << format_duration(per_step * static_cast<double>(total_steps_ - step_)) << std::defaultfloat
-             << std::endl;
+             << (s.seconds > 0 ? static_cast<double>(s.tokens) / s.seconds : 0.0) << " tok/s  " << std::setprecision(1)
+             << (s.seconds > 0 ? static_cast<double>(s.samples) / s.seconds : 0.0) << " samples/s  elapsed "
+             << format_duration(elapsed()) << "  ETA "
+             << format_duration(per_step * static_cast<double>(total_steps_ - step_)) << std::defaultfloat << std::endl;
     window_seconds_ = 0;
     window_steps_ = 0;
   }
@@ -395,8 +415,8 @@ class Trainer {
     loader_->restore(data::LoaderState::from_json(t["loader"].dump(), source));
     if (auto saved = c.texts.find("recipe.pb");
         saved != c.texts.end() && saved->second != recipes::recipe_to_text(recipe_))
-      LOG(WARNING) << "resuming " << path << " with a recipe that differs from the one it was saved with ("
-                   << path << "/recipe.pb): the run continues, but is not the run that was stopped";
+      LOG(WARNING) << "resuming " << path << " with a recipe that differs from the one it was saved with (" << path
+                   << "/recipe.pb): the run continues, but is not the run that was stopped";
     BVLLM_REQUIRE(step_ <= total_steps_, path, ": step ", step_, " is past the recipe's ", total_steps_, " steps");
   }
 
@@ -420,6 +440,7 @@ class Trainer {
   Clock::time_point start_;
   double elapsed_before_ = 0, window_seconds_ = 0;
   int64_t window_steps_ = 0;
+  int unsupervised_warnings_ = 0;
 };
 
 }  // namespace

@@ -47,11 +47,11 @@ struct TrainOptions {
 };
 
 struct TrainResult {
-  int64_t step = 0;          // optimizer steps done (counting those before a resume)
-  int64_t total_steps = 0;   // what the recipe asks for
-  double last_loss = 0;      // the last step's loss
-  bool diverged = false;     // stopped by a NaN/inf loss or gradient norm
-  std::string checkpoint;    // the latest checkpoint directory ("" when none was written)
+  int64_t step = 0;         // optimizer steps done (counting those before a resume)
+  int64_t total_steps = 0;  // what the recipe asks for
+  double last_loss = 0;     // the last step's loss
+  bool diverged = false;    // stopped by a NaN/inf loss or gradient norm
+  std::string checkpoint;   // the latest checkpoint directory ("" when none was written)
   std::string run_dir;
 };
 
