@@ -20,6 +20,7 @@
 #include "data/jpeg.h"
 #include "data/sample.pb.h"
 #include "data/shard.h"
+#include "data/tiny_vocab.h"
 #include "parallel/checkpoint.h"
 #include "recipes/recipe.h"
 #include "tests/support/messages.h"
@@ -79,81 +80,6 @@ data::Sample make_sample(int i, int stage) {
   return s;
 }
 
-// TEMPORARY until data/tiny_vocab.h lands: byte tokens only, and a BERT vocab of the words.
-std::string byte_token(int b) {
-  // GPT-2's bytes_to_unicode.
-  std::vector<int> bs;
-  for (int i = '!'; i <= '~'; ++i) bs.push_back(i);
-  for (int i = 0xA1; i <= 0xAC; ++i) bs.push_back(i);
-  for (int i = 0xAE; i <= 0xFF; ++i) bs.push_back(i);
-  int n = 0, cp = -1;
-  for (int x = 0; x < 256; ++x) {
-    bool in = std::find(bs.begin(), bs.end(), x) != bs.end();
-    int c = in ? x : 256 + n++;
-    if (x == b) cp = c;
-  }
-  std::string out;
-  if (cp < 0x80)
-    out += static_cast<char>(cp);
-  else {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-  return out;
-}
-
-void write_byte_tokenizer(const std::string& path, const std::vector<std::string>&) {
-  nlohmann::json vocab = nlohmann::json::object();
-  for (int b = 0; b < 256; ++b) vocab[byte_token(b)] = b;
-  nlohmann::json added = nlohmann::json::array();
-  int id = 256;
-  for (const char* t : {"<|endoftext|>", "<|im_start|>", "<|im_end|>"})
-    added.push_back({{"id", id++},
-                     {"content", t},
-                     {"single_word", false},
-                     {"lstrip", false},
-                     {"rstrip", false},
-                     {"normalized", false},
-                     {"special", true}});
-  nlohmann::json bl = {
-      {"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", false}};
-  nlohmann::json t = {{"version", "1.0"},
-                      {"truncation", nullptr},
-                      {"padding", nullptr},
-                      {"added_tokens", added},
-                      {"normalizer", {{"type", "NFC"}}},
-                      {"pre_tokenizer",
-                       {{"type", "Sequence"},
-                        {"pretokenizers",
-                         {{{"type", "Split"},
-                           {"pattern",
-                            {{"Regex",
-                              "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
-                              "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"}}},
-                           {"behavior", "Isolated"},
-                           {"invert", false}},
-                          bl}}}},
-                      {"post_processor", bl},
-                      {"decoder", bl},
-                      {"model",
-                       {{"type", "BPE"},
-                        {"dropout", nullptr},
-                        {"unk_token", nullptr},
-                        {"continuing_subword_prefix", ""},
-                        {"end_of_word_suffix", ""},
-                        {"fuse_unk", false},
-                        {"byte_fallback", false},
-                        {"ignore_merges", false},
-                        {"vocab", vocab},
-                        {"merges", nlohmann::json::array()}}}};
-  std::ofstream(path) << t.dump();
-}
-void write_bert_vocab(const std::string& path, const std::vector<std::string>& words) {
-  std::ofstream out(path);
-  for (const char* t : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?", "."}) out << t << "\n";
-  for (const auto& w : words) out << w << "\n";
-}
-
 // Shards, tokenizers and a recipe template, once for the suite.
 class TrainerTest : public ::testing::Test {
  protected:
@@ -165,12 +91,15 @@ class TrainerTest : public ::testing::Test {
       for (int i = 0; i < kSamples; ++i) writer.add(make_sample(i, stage));
       writer.finish();
     }
-    const std::vector<std::string> words = {"describe", "the",       "video",  "a",     "square",    "moves", "what",
-                                            "colour",   "is",        "object", "which", "direction", "does",  "move",
-                                            "red",      "green",     "blue",   "left",  "right",     "you",   "are",
-                                            "helpful",  "assistant", "user",   "system"};
-    write_byte_tokenizer((*root_ / "tokenizer.json").string(), words);
-    write_bert_vocab((*root_ / "bert_vocab.txt").string(), words);
+    // The vocabularies of this data's texts (and ChatML's system prompt), as bvllm_synth makes them.
+    std::vector<std::string> texts = {"You are a helpful assistant.", "system", "user", "assistant"};
+    for (int stage : {1, 2})
+      for (int i = 0; i < kSamples; ++i) {
+        const data::Sample sample = make_sample(i, stage);
+        for (const data::Turn& t : sample.conversations()) texts.push_back(t.value());
+      }
+    data::write_tiny_tokenizer((*root_ / "tokenizer.json").string(), texts);
+    data::write_tiny_bert_vocab((*root_ / "bert_vocab.txt").string(), texts);
   }
   static void TearDownTestSuite() {
     fs::remove_all(*root_);
