@@ -152,6 +152,8 @@ class Trainer {
     double loss = 0, grad_norm = 0, lr = 0;
     int64_t tokens = 0, samples = 0;
     double seconds = 0;
+    double kept_frames = 0;  // summed over samples with frames: rows left after the temporal merge
+    int64_t visual_samples = 0;
   };
 
   void setup() {
@@ -275,6 +277,11 @@ class Trainer {
       const double loss = out.loss.item<float>();
       stats.loss += loss / static_cast<double>(accum);
       for (int64_t n : out.lengths) stats.tokens += n;
+      for (const layers::VisualSelection& v : out.visual) {
+        if (v.tokens == 0) continue;
+        stats.kept_frames += static_cast<double>(v.kept.size());
+        stats.visual_samples += 1;
+      }
       stats.samples += static_cast<int64_t>(samples.size());
       if (!std::isfinite(loss)) {  // nothing to learn from; the caller stops the run
         optimizer_->zero_grad();
@@ -318,6 +325,7 @@ class Trainer {
                  {"tokens_per_s", s.seconds > 0 ? static_cast<double>(s.tokens) / s.seconds : 0.0},
                  {"samples_per_s", s.seconds > 0 ? static_cast<double>(s.samples) / s.seconds : 0.0},
                  {"epoch", epoch_position()},
+                 {"kept_frames", s.visual_samples > 0 ? s.kept_frames / static_cast<double>(s.visual_samples) : 0.0},
                  {"elapsed_s", elapsed()}};
     metrics_ << line.dump() << "\n";
     metrics_.flush();

@@ -11,7 +11,8 @@
 // The run directory (RUN_DIR, default runs/<recipe name>) holds:
 //   recipe.pb           the resolved recipe (defaults and --set applied)
 //   metrics.jsonl       one line per optimizer step: {"step", "loss", "lr", "grad_norm",
-//                       "tokens_per_s", "samples_per_s", "epoch", "elapsed_s"}
+//                       "tokens_per_s", "samples_per_s", "epoch", "kept_frames" (mean selected
+//                       frames left after the temporal merge), "elapsed_s"}
 //   checkpoints/        parallel/checkpoint.h directories: model.safetensors (every parameter),
 //                       optimizer.safetensors (<param>.exp_avg, .exp_avg_sq, .master, .step),
 //                       trainer.json (step, RNG states, loader position), recipe.pb; `latest`
