@@ -74,6 +74,9 @@ DEFINE_int64(top_k, 20, "sampling: keep the k most likely tokens (0: all)");
 DEFINE_string(logits_out, "", "write the prompt's logits here as safetensors (\"logits\", [tokens, vocab], f32)");
 DEFINE_string(dtype, "f32", "compute dtype of the weights: f32 or bf16");
 DEFINE_int32(threads, 0, "CPU threads (0: OpenMP's default)");
+DEFINE_int64(gumbel_seed, -1,
+             "--model: draw frame selection's Gumbel noise from this seed, as the released code does at inference "
+             "(-1: the noise-free softmax)");
 DEFINE_bool(stats, false, "print prompt length, load time and tokens/s on stderr");
 
 namespace {
@@ -191,7 +194,9 @@ int run_bvllm() {
 
   bvllm::NoGradGuard no_grad;
   // The visual tokens, once: selected for the first question, kept in the KV cache for every turn.
-  const bvllm::layers::BvllmInput input = model.input_embeds(sample, {.noise_free = true});
+  bvllm::Generator gumbel{.seed = static_cast<uint64_t>(std::max<int64_t>(FLAGS_gumbel_seed, 0))};
+  const bvllm::layers::BvllmInput input = model.input_embeds(
+      sample, {.generator = FLAGS_gumbel_seed >= 0 ? &gumbel : nullptr, .noise_free = FLAGS_gumbel_seed < 0});
   const int64_t positions = input.embeds.size(0);
   if (!FLAGS_logits_out.empty()) {
     Tensor logits = model.forward_embeds(input.embeds.reshape({1, positions, input.embeds.size(1)}))

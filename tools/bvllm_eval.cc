@@ -50,6 +50,9 @@ DEFINE_int64(batch, 1, "samples per forward pass");
 DEFINE_string(tokenizer, "", "tokenizer.json instead of the recipe's model.tokenizer");
 DEFINE_string(bert_vocab, "", "vocab.txt instead of the recipe's model.qformer.bert_vocab");
 DEFINE_int32(threads, 0, "CPU threads (0: OpenMP's default)");
+DEFINE_int64(gumbel_seed, -1,
+             "draw frame selection's Gumbel noise from this seed, as the released code does at inference "
+             "(-1: the noise-free softmax)");
 DEFINE_double(progress_seconds, 0, "seconds between progress lines (0: 1 on a terminal, 10 otherwise)");
 
 namespace {
@@ -182,6 +185,9 @@ int run() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - from).count();
   };
   bvllm::NoGradGuard no_grad;
+  bvllm::Generator gumbel{.seed = static_cast<uint64_t>(std::max<int64_t>(FLAGS_gumbel_seed, 0))};
+  const bvllm::layers::BvllmForwardOptions forward_options{.generator = FLAGS_gumbel_seed >= 0 ? &gumbel : nullptr,
+                                                           .noise_free = FLAGS_gumbel_seed < 0};
   for (int64_t first = 0; first < total; first += FLAGS_batch) {
     std::vector<bvllm::data::LoadedSample> loaded;
     std::vector<bvllm::layers::BvllmSample> batch;
@@ -189,7 +195,7 @@ int run() {
       loaded.push_back(loader.load(i));
       batch.push_back(bvllm::train::model_sample(loaded.back()));
     }
-    const bvllm::layers::BvllmOutput out = m.model->forward(batch, {.noise_free = true});
+    const bvllm::layers::BvllmOutput out = m.model->forward(batch, forward_options);
     for (size_t b = 0; b < loaded.size(); ++b) {
       const std::string& id = loaded[b].id;
       auto it = manifest.by_id.find(id);
