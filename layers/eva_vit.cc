@@ -163,7 +163,29 @@ void EvaVisionTransformer::reset_parameters(Generator& gen, double std) {
   Module::reset_parameters(gen, std);
   NoGradGuard no_grad;
   cls_token_.copy_(ops::normal(cls_token_.shape(), gen, 0.0, std, DType::F32));
-  pos_embed_.copy_(ops::normal(pos_embed_.shape(), gen, 0.0, std, DType::F32));
+  pos_embed_.copy_(config_.sincos_position_init ? sincos_pos_embed(config_.grid(), config_.width)
+                                                : ops::normal(pos_embed_.shape(), gen, 0.0, std, DType::F32));
+}
+
+Tensor sincos_pos_embed(int64_t grid, int64_t width) {
+  BVLLM_REQUIRE(width % 4 == 0, "sincos_pos_embed: width ", width, " is not a multiple of 4");
+  // MAE: the first half of the channels encode the column (w), the second half the row (h); each
+  // half is [sin(pos * omega_k), cos(pos * omega_k)] with omega_k = 1 / 10000^(k / (width / 4)).
+  const int64_t quarter = width / 4;
+  Tensor table = ops::zeros({1, 1 + grid * grid, width}, DType::F32);  // the CLS row stays zero
+  float* out = table.data<float>();
+  for (int64_t h = 0; h < grid; ++h)
+    for (int64_t w = 0; w < grid; ++w) {
+      float* row = out + (1 + h * grid + w) * width;
+      for (int64_t k = 0; k < quarter; ++k) {
+        const double omega = 1.0 / std::pow(10000.0, static_cast<double>(k) / static_cast<double>(quarter));
+        row[k] = static_cast<float>(std::sin(static_cast<double>(w) * omega));
+        row[quarter + k] = static_cast<float>(std::cos(static_cast<double>(w) * omega));
+        row[2 * quarter + k] = static_cast<float>(std::sin(static_cast<double>(h) * omega));
+        row[3 * quarter + k] = static_cast<float>(std::cos(static_cast<double>(h) * omega));
+      }
+    }
+  return table;
 }
 
 // --- position embedding and loading ------------------------------------------------------------

@@ -33,6 +33,11 @@ struct EvaVitConfig {
   int64_t heads = 16;
   int64_t mlp_hidden = 6144;  // LAVIS: int(width * mlp_ratio), mlp_ratio 4.3637
   double layer_norm_eps = 1e-6;
+  // reset_parameters draws pos_embed as MAE's fixed 2-D sin-cos table (He et al. 2021,
+  // get_2d_sincos_pos_embed) instead of N(0, std): for a random, frozen tower standing in for a
+  // pretrained one (the tiny recipes), whose N(0, 0.02) positions are ~6% of a patch's features and
+  // leave "where" nearly invisible to the Q-Formers. Loading weights replaces it either way.
+  bool sincos_position_init = false;
 
   int64_t grid() const { return image_size / patch_size; }    // patches per side
   int64_t num_tokens() const { return 1 + grid() * grid(); }  // CLS + patches
@@ -142,6 +147,10 @@ class EvaVisionTransformer : public Module {
 // (.float()); f64 stays f64, bf16/f16 come back as f32. Returned as is when g0 == grid. Throws
 // bvllm::Error when the token count minus `extra` is not a square.
 Tensor interpolate_pos_embed(const Tensor& pos_embed, int64_t grid, int64_t extra = 1);
+
+// MAE's fixed 2-D sin-cos position table [1, 1 + grid^2, width] (CLS row zero; width a multiple
+// of 4): EvaVitConfig::sincos_position_init.
+Tensor sincos_pos_embed(int64_t grid, int64_t width);
 
 // Loads LAVIS EVA weights (eva_vit_g.pth as read by the .pth reader, any floating dtype,
 // converted to the model's) into `model`, as B-VLLM's load: the tensors named `prefix` + LAVIS

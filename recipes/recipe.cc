@@ -24,7 +24,7 @@ namespace pb = google::protobuf;
 constexpr const char* kDefaults = R"pb(
   model {
     vision { image_size: 336 patch_size: 14 width: 1408 depth: 39 num_heads: 16 mlp_ratio: 4.3637 }
-    qformer { hidden_size: 768 num_layers: 12 num_heads: 12 intermediate_size: 3072 cross_attention_freq: 2 }
+    qformer { hidden_size: 768 num_layers: 12 num_heads: 12 intermediate_size: 3072 cross_attention_freq: 2 init_std: 0.02 }
     temporal_queries: 16
     spatial_queries: 32
     token_budget: 576

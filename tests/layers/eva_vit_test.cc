@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <iomanip>
 #include <sstream>
 
@@ -236,6 +237,39 @@ TEST(EvaVit, ParameterNamesAreLavis) {
   model.reset_parameters(gen, 0.02);
   EXPECT_EQ(model.blocks->begin()[0]->attn->q_bias().to_vector<float>(), std::vector<float>(24, 0.0f));
   EXPECT_EQ(model.blocks->begin()[0]->norm1->weight().to_vector<float>(), std::vector<float>(24, 1.0f));
+}
+
+// MAE's 2-D sin-cos table: the CLS row zero; patch (h, w) holds sin/cos of w then of h at the
+// frequencies 1 / 10000^(k / (width / 4)), written out here for a 3 x 3 grid of width 8.
+TEST(EvaVitTest, SincosPositionInitIsMaesTable) {
+  const Tensor t = sincos_pos_embed(3, 8);
+  ASSERT_EQ(t.shape(), Shape({1, 10, 8}));
+  const std::vector<float> v = t.to_vector<float>();
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(v[static_cast<size_t>(i)], 0.0f) << "CLS channel " << i;
+  for (int h = 0; h < 3; ++h)
+    for (int w = 0; w < 3; ++w) {
+      const float* row = v.data() + (1 + h * 3 + w) * 8;
+      const double omega[2] = {1.0, 0.01};  // 1 / 10000^(0/2), 1 / 10000^(1/2)
+      for (int k = 0; k < 2; ++k) {
+        EXPECT_NEAR(row[k], std::sin(w * omega[k]), 1e-7) << h << "," << w;
+        EXPECT_NEAR(row[2 + k], std::cos(w * omega[k]), 1e-7);
+        EXPECT_NEAR(row[4 + k], std::sin(h * omega[k]), 1e-7);
+        EXPECT_NEAR(row[6 + k], std::cos(h * omega[k]), 1e-7);
+      }
+    }
+  EXPECT_NE(error_of([] { sincos_pos_embed(3, 6); }).find("multiple of 4"), std::string::npos);
+
+  // reset_parameters uses it only when asked; otherwise N(0, std) as before.
+  EvaVitConfig c = testing::tiny_eva_config();
+  c.sincos_position_init = true;
+  EvaVisionTransformer with(c);
+  Generator gen{3, 0, 0};
+  with.reset_parameters(gen, 0.02);
+  EXPECT_EQ(with.pos_embed().to_vector<float>(), sincos_pos_embed(c.grid(), c.width).to_vector<float>());
+  c.sincos_position_init = false;
+  EvaVisionTransformer without(c);
+  without.reset_parameters(gen, 0.02);
+  EXPECT_NE(without.pos_embed().to_vector<float>(), sincos_pos_embed(c.grid(), c.width).to_vector<float>());
 }
 
 }  // namespace

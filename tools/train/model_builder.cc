@@ -101,6 +101,7 @@ layers::BvllmConfig bvllm_config(const recipes::Recipe& recipe, const std::strin
   v.depth = m.vision().depth();
   v.heads = m.vision().num_heads();
   v.mlp_hidden = static_cast<int64_t>(static_cast<double>(v.width) * m.vision().mlp_ratio());
+  v.sincos_position_init = m.vision().sincos_position_init();
 
   layers::QFormerConfig& q = c.qformer;
   q = layers::QFormerConfig::bert_base();
@@ -177,6 +178,10 @@ BuiltModel build_model(const recipes::Recipe& recipe, const std::string& source,
   if (!options.meta) {
     Generator init{.seed = recipe.seed(), .stream = kInitStream};
     model.reset_parameters(init, config.llm.initializer_range);
+    if (const double qf_std = recipe.model().qformer().init_std(); qf_std != config.llm.initializer_range) {
+      model.bvllm().vlm_att_encoder_temporal->reset_parameters(init, qf_std);
+      model.bvllm().vlm_att_encoder_spatial->reset_parameters(init, qf_std);
+    }
     if (options.load_weights) {
       const recipes::ModelConfig& m = recipe.model();
       if (m.has_llm_dir()) load_llm_dir(model, m.llm_dir(), source);
