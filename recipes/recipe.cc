@@ -24,11 +24,19 @@ namespace pb = google::protobuf;
 constexpr const char* kDefaults = R"pb(
   model {
     vision { image_size: 336 patch_size: 14 width: 1408 depth: 39 num_heads: 16 mlp_ratio: 4.3637 }
-    qformer { hidden_size: 768 num_layers: 12 num_heads: 12 intermediate_size: 3072 cross_attention_freq: 2 init_std: 0.02 }
+    qformer {
+      hidden_size: 768
+      num_layers: 12
+      num_heads: 12
+      intermediate_size: 3072
+      cross_attention_freq: 2
+      init_std: 0.02
+    }
     temporal_queries: 16
     spatial_queries: 32
     token_budget: 576
     frames_per_sample: 16
+    gumbel_tau: 0.5
   }
   optimizer { beta1: 0.9 beta2: 0.999 eps: 1e-8 clip_grad_norm: 1.0 }
   batch { micro_batch: 1 grad_accum: 1 }
@@ -304,6 +312,7 @@ void validate(const Recipe& recipe, const std::string& source, const ValidateOpt
   c.positive(static_cast<double>(m.spatial_queries()), "model.spatial_queries");
   c.positive(static_cast<double>(m.token_budget()), "model.token_budget");
   c.positive(static_cast<double>(m.frames_per_sample()), "model.frames_per_sample");
+  c.positive(m.gumbel_tau(), "model.gumbel_tau");
 
   // Trainable patterns.
   for (int i = 0; i < recipe.trainable().unfreeze_size(); ++i)

@@ -25,8 +25,8 @@ model {
     tie_word_embeddings: true
   }
   tokenizer: "runs/synth/tokenizer.json"
-  # A small EVA (random, frozen, as the real one is frozen): 64 px frames, 8x8 patches of 8 px.
-  vision { image_size: 64 patch_size: 8 width: 64 depth: 2 num_heads: 4 }
+  # A small EVA (random, frozen, as the real one is frozen): 64 px frames, 4x4 patches of 16 px.
+  vision { image_size: 64 patch_size: 16 width: 64 depth: 1 num_heads: 4 }
   qformer {
     hidden_size: 64
     num_layers: 2
@@ -64,6 +64,6 @@ data {
 }
 
 checkpoint { every_steps: 100 }
-logging { every_steps: 10 }
+logging { every_steps: 50 }
 seed: 42
-epochs: 2
+epochs: 10

@@ -21,7 +21,7 @@ model {
     tie_word_embeddings: true
   }
   tokenizer: "runs/synth/tokenizer.json"
-  vision { image_size: 64 patch_size: 8 width: 64 depth: 2 num_heads: 4 }
+  vision { image_size: 64 patch_size: 16 width: 64 depth: 1 num_heads: 4 }
   qformer {
     hidden_size: 64
     num_layers: 2
@@ -37,8 +37,12 @@ model {
   chronological_order: true
 }
 
+# Every vlm_att_* module and the LoRA adapters, as recipes/stage2.pb, plus the token embeddings
+# (tied to lm_head): stage 1's plain text never shows the tiny LLM ChatML's <|im_start|> and
+# <|im_end|>, which Qwen2-Instruct's pretrained embeddings already know.
 trainable {
   unfreeze: "model.vlm_att_*"
+  unfreeze: "model.embed_tokens.*"
 }
 
 lora {
@@ -64,6 +68,6 @@ checkpoint {
   every_steps: 100
   init_from: "runs/tiny_stage1/checkpoints"   # every stage-1 weight
 }
-logging { every_steps: 10 }
+logging { every_steps: 50 }
 seed: 42
-epochs: 1
+epochs: 4

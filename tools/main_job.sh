@@ -78,7 +78,8 @@ train recipes/tiny_stage2.pb "$RUNS/tiny_stage2" --set "data.shards=$RUNS/shards
 
 say "5/6 evaluation on the held-out videos ($(elapsed))"
 "$BIN/bvllm_eval" --checkpoint "$RUNS/tiny_stage2/checkpoints" --shards "$RUNS/shards/test" \
-  --manifest "$RUNS/synth/test.json" --out "$RUNS/tiny_stage2/eval.json" --threads "$THREADS" "${eval_paths[@]}"
+  --manifest "$RUNS/synth/test.json" --out "$RUNS/tiny_stage2/eval.json" --threads "$THREADS" "${eval_paths[@]}" \
+  --gumbel_seed 0
 "$BIN/plot_metrics" --metrics "$RUNS/tiny_stage1/metrics.jsonl,$RUNS/tiny_stage2/metrics.jsonl" \
   --out "$RUNS/tiny_stage2/loss.png" --title "tiny B-VLLM: stage 1 then stage 2"
 
@@ -88,7 +89,8 @@ video=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[0]["vid
 echo "Q: What colour is the object?  ($RUNS/synth/$video)"
 printf 'A: '
 "$BIN/bvllm_chat" --model "$RUNS/tiny_stage2/checkpoints" --video "$RUNS/synth/$video" --frame_size "$FRAME_SIZE" \
-  --prompt "What colour is the object?" --greedy --max_new_tokens 8 --threads "$THREADS" "${eval_paths[@]}"
+  --prompt "What colour is the object?" --greedy --max_new_tokens 8 --threads "$THREADS" "${eval_paths[@]}" \
+  --gumbel_seed 0
 
 say "done in $(elapsed)"
 echo "  metrics:    $RUNS/tiny_stage1/metrics.jsonl, $RUNS/tiny_stage2/metrics.jsonl"

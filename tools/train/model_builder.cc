@@ -138,6 +138,7 @@ layers::BvllmConfig bvllm_config(const recipes::Recipe& recipe, const std::strin
   c.token_budget = m.token_budget();
   c.selection_feature = static_cast<layers::SelectionFeature>(m.selection_feature());
   c.chronological_order = m.chronological_order();
+  c.gumbel_tau = m.gumbel_tau();
   c.validate(source + ": model");
   return c;
 }
