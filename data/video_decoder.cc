@@ -18,6 +18,7 @@ extern "C" {
 #include <utility>
 
 #include "data/clip_image.h"
+#include "data/ffmpeg_util.h"
 
 namespace bvllm::data {
 
@@ -37,35 +38,13 @@ namespace {
 
 using Reason = DecodeError::Reason;
 
-// --- RAII for the FFmpeg objects -----------------------------------------------------------------
+using ffmpeg::CodecPtr;
+using ffmpeg::FramePtr;
+using ffmpeg::InputPtr;
+using ffmpeg::PacketPtr;
+using ffmpeg::SwsPtr;
 
-struct CloseInput {
-  void operator()(AVFormatContext* c) const { avformat_close_input(&c); }
-};
-struct FreeCodec {
-  void operator()(AVCodecContext* c) const { avcodec_free_context(&c); }
-};
-struct FreeFrame {
-  void operator()(AVFrame* f) const { av_frame_free(&f); }
-};
-struct FreePacket {
-  void operator()(AVPacket* p) const { av_packet_free(&p); }
-};
-struct FreeSws {
-  void operator()(SwsContext* s) const { sws_freeContext(s); }
-};
-using InputPtr = std::unique_ptr<AVFormatContext, CloseInput>;
-using CodecPtr = std::unique_ptr<AVCodecContext, FreeCodec>;
-using FramePtr = std::unique_ptr<AVFrame, FreeFrame>;
-using PacketPtr = std::unique_ptr<AVPacket, FreePacket>;
-using SwsPtr = std::unique_ptr<SwsContext, FreeSws>;
-
-// av_err2str is a C99 compound literal, not C++.
-std::string av_error(int code) {
-  char text[AV_ERROR_MAX_STRING_SIZE] = {};
-  av_strerror(code, text, sizeof text);
-  return text;
-}
+std::string av_error(int code) { return ffmpeg::error_text(code); }
 
 [[noreturn]] void fail(Reason reason, const std::string& path, const std::string& what) {
   throw DecodeError(reason, str_cat(path, ": ", what));

@@ -11,38 +11,20 @@ extern "C" {
 #include <cstdio>
 #include <filesystem>
 
+#include "data/ffmpeg_util.h"
 #include "runtime/error.h"
 
 namespace bvllm::data {
 namespace {
 
-struct FreeOutput {
-  void operator()(AVFormatContext* c) const {
-    if (c->pb != nullptr) avio_closep(&c->pb);
-    avformat_free_context(c);
-  }
-};
-struct FreeCodec {
-  void operator()(AVCodecContext* c) const { avcodec_free_context(&c); }
-};
-struct FreeFrame {
-  void operator()(AVFrame* f) const { av_frame_free(&f); }
-};
-struct FreePacket {
-  void operator()(AVPacket* p) const { av_packet_free(&p); }
-};
-struct FreeSws {
-  void operator()(SwsContext* s) const { sws_freeContext(s); }
-};
-struct FreeDict {
-  void operator()(AVDictionary* d) const { av_dict_free(&d); }
-};
+using ffmpeg::FreeCodec;
+using ffmpeg::FreeDict;
+using ffmpeg::FreeFrame;
+using ffmpeg::FreeOutput;
+using ffmpeg::FreePacket;
+using ffmpeg::FreeSws;
 
-std::string av_error(int code) {
-  char text[AV_ERROR_MAX_STRING_SIZE] = {};
-  av_strerror(code, text, sizeof text);
-  return text;
-}
+std::string av_error(int code) { return ffmpeg::error_text(code); }
 
 void check(int code, const std::string& path, const char* call) {
   if (code < 0) throw Error(str_cat(path, ": ", call, " failed: ", av_error(code)));

@@ -19,6 +19,7 @@
 #include <utility>
 
 #include "runtime/error.h"
+#include "runtime/io/unique_fd.h"
 
 namespace bvllm::parallel {
 namespace {
@@ -41,25 +42,6 @@ template <typename... Args>
 std::string errno_text() { return std::strerror(errno); }
 
 std::string join(const fs::path& dir, const std::string& name) { return (dir / name).string(); }
-
-class UniqueFd {
- public:
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  ~UniqueFd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-  int get() const { return fd_; }
-  int close() {
-    int rc = ::close(fd_);
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  int fd_;
-};
 
 // Writes `bytes` to a new file at `path` and flushes it to disk.
 void write_file_synced(const std::string& path, const std::string& bytes) {

@@ -18,6 +18,8 @@
 #include <sstream>
 #include <unordered_set>
 
+#include "runtime/io/unique_fd.h"
+
 namespace bvllm {
 
 static_assert(std::endian::native == std::endian::little,
@@ -112,27 +114,6 @@ size_t invalid_utf8_at(std::string_view s) {
   }
   return std::string::npos;
 }
-
-// A closed-on-scope-exit file descriptor.
-class UniqueFd {
- public:
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  ~UniqueFd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-  int get() const { return fd_; }
-  // Closes now, reporting the error that a deferred write may only show here.
-  int close() {
-    int rc = ::close(fd_);
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  int fd_;
-};
 
 // --- header parsing --------------------------------------------------------------------------
 
