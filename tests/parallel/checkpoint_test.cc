@@ -27,15 +27,12 @@
 namespace bvllm::parallel {
 namespace {
 
+using testing::has;
+
 namespace fs = std::filesystem;
 using testing::error_of;
 
 // Whether `text` contains `part`, printing both when it does not.
-::testing::AssertionResult has(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "\"" << text << "\" does not contain \"" << part << "\"";
-}
-
 class CheckpointDir : public ::testing::Test {
  protected:
   void SetUp() override {

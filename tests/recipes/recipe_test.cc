@@ -13,14 +13,11 @@
 namespace bvllm::recipes {
 namespace {
 
+using testing::has;
+
 using testing::error_of;
 
 // Whether `text` contains `part`, printing both when it does not.
-::testing::AssertionResult has(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "\"" << text << "\" does not contain \"" << part << "\"";
-}
-
 // A small valid recipe; the model and data paths are checked only with check_files.
 constexpr const char* kGood = R"pb(
   name: "tiny"

@@ -1,6 +1,8 @@
 // Small helpers for tests that check what a user is told.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <iomanip>
 #include <sstream>
 #include <string>
@@ -19,6 +21,12 @@ std::string error_of(F&& f) {
     return e.what();
   }
   return "(no error)";
+}
+
+// Succeeds when `part` is in `text` (an error message, a log); the failure shows both.
+inline ::testing::AssertionResult has(const std::string& text, const std::string& part) {
+  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "\"" << part << "\" is not in: " << text;
 }
 
 // `v` in scientific notation with three significant digits, for failure messages.

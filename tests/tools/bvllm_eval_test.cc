@@ -20,7 +20,6 @@
 #include <vector>
 
 #include "data/chat_template.h"
-#include "data/jpeg.h"
 #include "data/loader.h"
 #include "data/shard.h"
 #include "data/tiny_vocab.h"
@@ -31,6 +30,7 @@
 #include "runtime/ops.h"
 #include "tests/support/fixtures.h"
 #include "tests/support/messages.h"
+#include "tests/support/moving_squares.h"
 #include "tools/train/inference.h"
 #include "tools/train/model_builder.h"
 #include "tools/train/trainer.h"
@@ -38,54 +38,19 @@
 namespace bvllm::train {
 namespace {
 
+using testing::has;
+
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 const std::string kEval = std::string(BVLLM_BINARY_DIR) + "/bin/bvllm_eval";
 
 constexpr int kSamples = 12;
-constexpr int kFrames = 4;
-constexpr int kSide = 32;
-const std::vector<std::string> kColours = {"red", "green", "blue"};
 
-std::string colour_of(int i) { return kColours[static_cast<size_t>(i % 3)]; }
-std::string direction_of(int i) { return (i / 3) % 2 == 0 ? "right" : "left"; }
-bool asks_colour(int i) { return i % 2 == 0; }
-
-// Frame f of video i: a square of video i's colour on a dark background, moving left or right.
-std::string frame_jpeg(int i, int f) {
-  const int colour = i % 3;
-  const bool right = direction_of(i) == "right";
-  Tensor rgb = Tensor::empty({kSide, kSide, 3}, DType::U8);
-  uint8_t* p = rgb.data<uint8_t>();
-  const int x0 = right ? 2 + 6 * f : kSide - 12 - 6 * f;
-  for (int y = 0; y < kSide; ++y)
-    for (int x = 0; x < kSide; ++x) {
-      const bool in = x >= x0 && x < x0 + 10 && y >= 11 && y < 21;
-      for (int c = 0; c < 3; ++c) p[(y * kSide + x) * 3 + c] = in ? (c == colour ? 230 : 20) : 40;
-    }
-  return data::encode_jpeg(rgb, 90);
-}
-
-std::string question_of(int i) {
-  return asks_colour(i) ? "What colour is the object?" : "Which direction does the object move?";
-}
-std::string answer_of(int i) { return asks_colour(i) ? colour_of(i) : direction_of(i); }
-
-data::Sample make_sample(int i) {
-  data::Sample s;
-  s.set_id("v" + std::to_string(i));
-  s.set_kind(data::Sample::VIDEO);
-  for (int f = 0; f < kFrames; ++f) s.add_frames(frame_jpeg(i, f));
-  s.set_width(kSide);
-  s.set_height(kSide);
-  for (const auto& [from, value] : {std::pair{"human", "<video>\n" + question_of(i)}, std::pair{"gpt", answer_of(i)}}) {
-    data::Turn* t = s.add_conversations();
-    t->set_from(from);
-    t->set_value(value);
-  }
-  return s;
-}
+using testing::asks_colour;
+std::string question_of(int i) { return testing::square_question(i); }
+std::string answer_of(int i) { return testing::square_answer(i); }
+data::Sample make_sample(int i) { return testing::square_sample(i, 2); }
 
 // The manifest bvllm_synth writes for held-out videos: records with "type" and "answer".
 json manifest_record(int i) {
@@ -95,11 +60,6 @@ json manifest_record(int i) {
            {{{"from", "human"}, {"value", "<video>\n" + question_of(i)}}, {{"from", "gpt"}, {"value", answer_of(i)}}}},
           {"type", asks_colour(i) ? "colour" : "motion"},
           {"answer", answer_of(i)}};
-}
-
-::testing::AssertionResult has(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "\"" << part << "\" is not in: " << text;
 }
 
 std::string read_file(const fs::path& path) {

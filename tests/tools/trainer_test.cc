@@ -17,68 +17,24 @@
 #include <string>
 #include <vector>
 
-#include "data/jpeg.h"
 #include "data/sample.pb.h"
 #include "data/shard.h"
 #include "data/tiny_vocab.h"
 #include "parallel/checkpoint.h"
 #include "recipes/recipe.h"
 #include "tests/support/messages.h"
+#include "tests/support/moving_squares.h"
 #include "tools/train/model_builder.h"
 
 namespace bvllm::train {
 namespace {
 
+using testing::has;
+
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 constexpr int kSamples = 24;
-constexpr int kFrames = 4;
-constexpr int kSide = 32;
-
-const std::vector<std::string> kColours = {"red", "green", "blue"};
-
-// Frame f of sample i: a dark background with a square of sample i's colour that moves left or right.
-std::string frame_jpeg(int i, int f) {
-  const int colour = i % 3;
-  const bool right = (i / 3) % 2 == 0;
-  Tensor rgb = Tensor::empty({kSide, kSide, 3}, DType::U8);
-  uint8_t* p = rgb.data<uint8_t>();
-  const int x0 = right ? 2 + 6 * f : kSide - 12 - 6 * f;
-  for (int y = 0; y < kSide; ++y)
-    for (int x = 0; x < kSide; ++x) {
-      const bool in = x >= x0 && x < x0 + 10 && y >= 11 && y < 21;
-      for (int c = 0; c < 3; ++c) p[(y * kSide + x) * 3 + c] = in ? (c == colour ? 230 : 20) : 40;
-    }
-  return data::encode_jpeg(rgb, 90);
-}
-
-data::Sample make_sample(int i, int stage) {
-  data::Sample s;
-  s.set_id("v" + std::to_string(i));
-  s.set_kind(data::Sample::VIDEO);
-  for (int f = 0; f < kFrames; ++f) s.add_frames(frame_jpeg(i, f));
-  s.set_width(kSide);
-  s.set_height(kSide);
-  const std::string colour = kColours[static_cast<size_t>(i % 3)];
-  const std::string direction = (i / 3) % 2 == 0 ? "right" : "left";
-  auto turn = [&](const std::string& from, const std::string& value) {
-    data::Turn* t = s.add_conversations();
-    t->set_from(from);
-    t->set_value(value);
-  };
-  if (stage == 1) {
-    turn("human", "<video>\nDescribe the video.");
-    turn("gpt", "a " + colour + " square moves " + direction + ".");
-  } else if (i % 2 == 0) {
-    turn("human", "<video>\nWhat colour is the object?");
-    turn("gpt", colour);
-  } else {
-    turn("human", "<video>\nWhich direction does the object move?");
-    turn("gpt", direction);
-  }
-  return s;
-}
 
 // Shards, tokenizers and a recipe template, once for the suite.
 class TrainerTest : public ::testing::Test {
@@ -88,14 +44,14 @@ class TrainerTest : public ::testing::Test {
     fs::remove_all(*root_);
     for (int stage : {1, 2}) {
       data::ShardWriter writer((*root_ / ("shards" + std::to_string(stage))).string());
-      for (int i = 0; i < kSamples; ++i) writer.add(make_sample(i, stage));
+      for (int i = 0; i < kSamples; ++i) writer.add(testing::square_sample(i, stage));
       writer.finish();
     }
     // The vocabularies of this data's texts (and ChatML's system prompt), as bvllm_synth makes them.
     std::vector<std::string> texts = {"You are a helpful assistant.", "system", "user", "assistant"};
     for (int stage : {1, 2})
       for (int i = 0; i < kSamples; ++i) {
-        const data::Sample sample = make_sample(i, stage);
+        const data::Sample sample = testing::square_sample(i, stage);
         for (const data::Turn& t : sample.conversations()) texts.push_back(t.value());
       }
     data::write_tiny_tokenizer((*root_ / "tokenizer.json").string(), texts);
@@ -185,11 +141,6 @@ std::string replace(std::string text, const std::string& from, const std::string
   EXPECT_NE(at, std::string::npos) << from;
   if (at != std::string::npos) text.replace(at, from.size(), to);
   return text;
-}
-
-::testing::AssertionResult has(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "\"" << part << "\" is not in: " << text;
 }
 
 // The program, for the SIGKILL test.
