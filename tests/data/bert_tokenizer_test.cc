@@ -30,9 +30,6 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 using Ids = std::vector<int32_t>;
 
-#define EXPECT_CONTAINS(text, part) \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) << "expected '" << (part) << "' in: " << (text)
-
 // A tiny vocabulary; each token's id is its index, written next to it.
 const std::vector<std::string> kTiny = {
     "[PAD]",      // 0

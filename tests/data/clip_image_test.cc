@@ -20,9 +20,6 @@ namespace {
 
 using testing::error_of;
 
-#define EXPECT_CONTAINS(text, part) \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) << "expected '" << (part) << "' in: " << (text)
-
 const testing::Fixture& fixture() {
   static const testing::Fixture f("clip_image");
   return f;

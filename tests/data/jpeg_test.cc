@@ -25,9 +25,6 @@ namespace {
 
 using testing::error_of;
 
-#define EXPECT_CONTAINS(text, part) \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) << "expected '" << (part) << "' in: " << (text)
-
 // A smooth test picture (gradients and a soft disc), which JPEG keeps well.
 Tensor test_image(int64_t h, int64_t w) {
   Tensor image = Tensor::empty({h, w, 3}, DType::U8);

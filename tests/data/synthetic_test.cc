@@ -41,9 +41,6 @@ namespace {
 namespace fs = std::filesystem;
 using testing::error_of;
 
-#define EXPECT_CONTAINS(text, part) \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) << "expected '" << (part) << "' in: " << (text)
-
 constexpr int64_t kTrain = 30, kTest = 30;
 
 std::string read_bytes(const fs::path& path) {

@@ -23,9 +23,6 @@ namespace {
 namespace fs = std::filesystem;
 using testing::error_of;
 
-#define EXPECT_CONTAINS(text, part) \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) << "expected '" << (part) << "' in: " << (text)
-
 const std::vector<std::string> kTexts = {
     "\nDescribe the video. a red circle moves left.",
     "system\nYou are a helpful assistant.",

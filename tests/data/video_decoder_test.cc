@@ -34,9 +34,6 @@ namespace {
 namespace fs = std::filesystem;
 using testing::error_of;
 
-#define EXPECT_CONTAINS(text, part) \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) << "expected '" << (part) << "' in: " << (text)
-
 bool have_ffmpeg() {
   static const bool have = std::system("ffmpeg -version >/dev/null 2>&1") == 0;
   return have;

@@ -26,9 +26,6 @@ namespace {
 namespace fs = std::filesystem;
 using testing::error_of;
 
-#define EXPECT_CONTAINS(text, part) \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) << "expected '" << (part) << "' in: " << (text)
-
 constexpr int kWidth = 64, kHeight = 48, kFps = 8, kFrames = 16;
 
 class TempDir {

@@ -14,13 +14,12 @@
 #include <map>
 #include <set>
 
+#include "tests/support/messages.h"
+
 namespace bvllm {
 namespace {
 
 namespace fs = std::filesystem;
-
-#define EXPECT_CONTAINS(text, part) \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) << "expected '" << (part) << "' in: " << (text)
 
 std::string fixture(const std::string& name) {
   return std::string(BVLLM_SOURCE_DIR) + "/tests/reference/fixtures/pth/" + name;

@@ -15,14 +15,12 @@
 #include <sstream>
 
 #include "runtime/ops.h"
+#include "tests/support/messages.h"
 
 namespace bvllm {
 namespace {
 
 namespace fs = std::filesystem;
-
-#define EXPECT_CONTAINS(text, part) \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) << "expected '" << (part) << "' in: " << (text)
 
 // --- helpers ---------------------------------------------------------------------------------
 

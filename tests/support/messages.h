@@ -29,6 +29,10 @@ inline ::testing::AssertionResult has(const std::string& text, const std::string
   return ::testing::AssertionFailure() << "\"" << part << "\" is not in: " << text;
 }
 
+// The same as a gtest assertion over anything convertible to std::string (a message, a log).
+#define EXPECT_CONTAINS(text, part) \
+  EXPECT_NE(std::string(text).find(part), std::string::npos) << "expected '" << (part) << "' in: " << (text)
+
 // `v` in scientific notation with three significant digits, for failure messages.
 inline std::string sci(double v) {
   std::ostringstream out;
