@@ -194,7 +194,7 @@ class Trainer {
     built_ = build_model(recipe_, source_, bert_vocab, {.load_weights = !options_.resume});
     model_ = built_.model;
     model_->train();
-    make_optimizer();
+    if (!options_.resume) make_optimizer();  // restore() makes it over the loaded parameters
     schedule_ = make_schedule(recipe_, total_steps_);
     gumbel_ = Generator{.seed = recipe_.seed(), .stream = kGumbelStream};
     manual_seed(recipe_.seed());  // dropout
@@ -225,6 +225,8 @@ class Trainer {
 
   // AdamW with the HF Trainer's two groups: weight decay on matrices, none on biases and norms.
   void make_optimizer() {
+    params_.clear();
+    names_.clear();
     optim::ParamGroup decay, no_decay;
     decay.weight_decay = recipe_.optimizer().weight_decay();
     no_decay.weight_decay = 0.0;
@@ -390,10 +392,7 @@ class Trainer {
     BVLLM_REQUIRE(model != c.tensors.end(), path, ": no model tensors");
     model_->load_state_dict(std::map<std::string, Tensor>(model->second.begin(), model->second.end()),
                             {.source = path + "/model.safetensors"});
-    // The parameter handles changed; the optimizer holds the new ones.
-    params_.clear();
-    names_.clear();
-    make_optimizer();
+    make_optimizer();  // over the parameter tensors load_state_dict just put in place
     std::map<std::string, Tensor> opt;
     if (auto it = c.tensors.find("optimizer"); it != c.tensors.end()) opt.insert(it->second.begin(), it->second.end());
     for (size_t i = 0; i < params_.size(); ++i) {
