@@ -55,8 +55,7 @@ Tensor clip_pixels(const Tensor& rgb, const ClipImageOptions& clip) {
 
 int64_t checked_size(const ShardReader& reader, const LoaderOptions& options) {
   const int64_t n = reader.size();
-  BVLLM_REQUIRE(n >= options.world, options.shards, ": ", n, " samples in the shards, fewer than the ", options.world,
-                " data-parallel ranks (LoaderOptions.world)");
+  BVLLM_REQUIRE(n >= 1, options.shards, ": no samples in the shards");
   return n;
 }
 
@@ -93,10 +92,11 @@ void LoaderOptions::validate() const {
 
 std::string LoaderState::to_json() const {
   nlohmann::ordered_json j;
-  j["epoch"] = epoch;
-  j["offset"] = offset;
-  j["seed"] = seed;
+  j["batches"] = batches;
+  j["rank"] = rank;
   j["world"] = world;
+  j["batch_size"] = batch_size;
+  j["seed"] = seed;
   j["samples"] = samples;
   return j.dump();
 }
@@ -109,19 +109,31 @@ LoaderState LoaderState::from_json(std::string_view text, const std::string& sou
     throw Error(str_cat(source, ": the loader state is not JSON (", e.what(), ")"));
   }
   BVLLM_REQUIRE(j.is_object(), source, ": the loader state must be a JSON object");
-  const auto field = [&](const char* name) -> const nlohmann::json& {
+  const auto present = [&](const char* name) -> const nlohmann::json& {
     BVLLM_REQUIRE(j.contains(name) && j[name].is_number_integer(), source, ": loader state field \"", name,
                   "\" is missing or not an integer");
     return j[name];
   };
+  // An integer in [low, high]; `expected` says the range in words.
+  const auto integer = [&](const char* name, int64_t low, int64_t high, const std::string& expected) {
+    const nlohmann::json& v = present(name);
+    // Above int64's range, get<int64_t>() would wrap: compare unsigned values as unsigned.
+    const bool fits = v.is_number_unsigned()
+                          ? v.get<uint64_t>() <= static_cast<uint64_t>(high) && v.get<int64_t>() >= low
+                          : v.get<int64_t>() >= low && v.get<int64_t>() <= high;
+    BVLLM_REQUIRE(fits, source, ": loader state field \"", name, "\" is ", v.dump(), ", expected ", expected);
+    return v.get<int64_t>();
+  };
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
   LoaderState s;
-  s.epoch = field("epoch").get<int64_t>();
-  s.offset = field("offset").get<int64_t>();
-  s.seed = field("seed").get<uint64_t>();
-  s.world = field("world").get<int>();
-  s.samples = field("samples").get<int64_t>();
-  BVLLM_REQUIRE(s.epoch >= 0 && s.offset >= 0 && s.world >= 1 && s.samples >= 0, source,
-                ": loader state has a negative epoch, offset or samples, or world < 1: ", s.to_json());
+  s.batches = integer("batches", 0, kMax, ">= 0");
+  s.world = static_cast<int>(integer("world", 1, std::numeric_limits<int>::max(), ">= 1"));
+  s.rank = static_cast<int>(integer("rank", 0, s.world - 1, str_cat("0 <= rank < world (", s.world, ")")));
+  s.batch_size = integer("batch_size", 1, kMax, ">= 1");
+  BVLLM_REQUIRE(present("seed").is_number_unsigned(), source, ": loader state field \"seed\" is ", j["seed"].dump(),
+                ", expected an unsigned 64-bit integer");
+  s.seed = j["seed"].get<uint64_t>();
+  s.samples = integer("samples", 1, kMax, ">= 1");
   return s;
 }
 
@@ -152,34 +164,36 @@ std::vector<int64_t> uniform_frame_indices(int64_t available, int64_t count) {
   return out;
 }
 
-RankSampler::RankSampler(int64_t samples, int rank, int world, uint64_t seed)
-    : samples_(samples), per_epoch_(world > 0 ? samples / world : 0), rank_(rank), world_(world), seed_(seed) {
-  BVLLM_REQUIRE(world >= 1 && rank >= 0 && rank < world, "RankSampler: rank ", rank, " of world ", world);
-  BVLLM_REQUIRE(per_epoch_ >= 1, "RankSampler: ", samples, " samples cannot give each of ", world,
-                " ranks one sample per epoch");
+GlobalSampler::GlobalSampler(int64_t samples, uint64_t seed, int64_t batch_size)
+    : samples_(samples), batch_size_(batch_size), seed_(seed) {
+  BVLLM_REQUIRE(samples >= 1, "GlobalSampler: ", samples, " samples, expected >= 1");
+  BVLLM_REQUIRE(batch_size >= 1, "GlobalSampler: batch_size ", batch_size, ", expected >= 1");
 }
 
-std::shared_ptr<const std::vector<int64_t>> RankSampler::epoch_share(int64_t epoch) const {
+std::shared_ptr<const std::vector<int64_t>> GlobalSampler::epoch(int64_t epoch) const {
   {
     std::lock_guard lock(mutex_);
     if (auto it = cache_.find(epoch); it != cache_.end()) return it->second;
   }
   // Built outside the lock (two threads may both build it; the results are equal).
-  const std::vector<int64_t> order = epoch_permutation(samples_, seed_, epoch);
-  auto share = std::make_shared<std::vector<int64_t>>(static_cast<size_t>(per_epoch_));
-  for (int64_t j = 0; j < per_epoch_; ++j) (*share)[j] = order[rank_ + j * world_];
+  auto order = std::make_shared<const std::vector<int64_t>>(epoch_permutation(samples_, seed_, epoch));
   std::lock_guard lock(mutex_);
-  cache_.emplace(epoch, share);
+  cache_.emplace(epoch, order);
   while (cache_.size() > 2) cache_.erase(cache_.begin());  // the oldest epoch
-  return share;
+  return order;
 }
 
-int64_t RankSampler::at(int64_t step) const {
-  CHECK_GE(step, 0);
-  return (*epoch_share(step / per_epoch_))[step % per_epoch_];
+int64_t GlobalSampler::at(int64_t position) const {
+  CHECK_GE(position, 0);
+  return (*epoch(position / samples_))[position % samples_];
 }
 
-std::vector<int64_t> RankSampler::share(int64_t epoch) const { return *epoch_share(epoch); }
+std::vector<int64_t> GlobalSampler::batch(int64_t global_batch) const {
+  CHECK_GE(global_batch, 0);
+  std::vector<int64_t> out(static_cast<size_t>(batch_size_));
+  for (int64_t j = 0; j < batch_size_; ++j) out[j] = at(global_batch * batch_size_ + j);
+  return out;
+}
 
 // --- the loader ----------------------------------------------------------------------------------
 
@@ -188,7 +202,7 @@ DataLoader::DataLoader(LoaderOptions options, const Qwen2Tokenizer& qwen, const 
       qwen_(qwen),
       bert_(bert),
       reader_(options_.shards),
-      sampler_(checked_size(reader_, options_), options_.rank, options_.world, options_.seed) {}
+      sampler_(checked_size(reader_, options_), options_.seed, options_.batch_size) {}
 
 DataLoader::~DataLoader() { stop(); }
 
@@ -236,31 +250,47 @@ LoadedSample DataLoader::load(int64_t index) const {
   return out;
 }
 
+int64_t DataLoader::position(int64_t slot) const {
+  const int64_t b = options_.batch_size;
+  return ((slot / b) * options_.world + options_.rank) * b + slot % b;
+}
+
 std::vector<LoadedSample> DataLoader::next_batch() {
+  const int64_t first = batches_ * options_.batch_size;
   std::vector<LoadedSample> batch;
   batch.reserve(static_cast<size_t>(options_.batch_size));
   if (options_.prefetch_threads == 0) {
-    for (int64_t b = 0; b < options_.batch_size; ++b) {
-      const int64_t step = step_++;  // past a failing sample, as with prefetching
-      batch.push_back(load(sampler_.at(step)));
+    ++batches_;  // past a failing batch, as with prefetching
+    for (int64_t slot = first; slot < first + options_.batch_size; ++slot) {
+      const int64_t p = position(slot);
+      batch.push_back(load(sampler_.at(p)));
+      batch.back().position = p;
     }
     return batch;
   }
   if (workers_.empty()) start();
-  for (int64_t b = 0; b < options_.batch_size; ++b) {
+  // Every slot of the batch is taken, even after an error, so the workers' results stay in step
+  // with batches_ and the next call starts at the next batch.
+  std::exception_ptr error;
+  for (int64_t slot = first; slot < first + options_.batch_size; ++slot) {
     Loaded loaded;
     {
       std::unique_lock lock(mutex_);
-      ready_.wait(lock, [&] { return results_.count(step_) > 0; });
-      auto it = results_.find(step_);
+      ready_.wait(lock, [&] { return results_.count(slot) > 0; });
+      auto it = results_.find(slot);
       loaded = std::move(it->second);
       results_.erase(it);
-      ++step_;
+      taken_ = slot + 1;
     }
     space_.notify_all();
-    if (loaded.error) std::rethrow_exception(loaded.error);
+    if (loaded.error) {
+      if (!error) error = loaded.error;
+      continue;
+    }
     batch.push_back(std::move(loaded.sample));
   }
+  ++batches_;
+  if (error) std::rethrow_exception(error);
   return batch;
 }
 
@@ -269,7 +299,7 @@ void DataLoader::start() {
   {
     std::lock_guard lock(mutex_);
     stopping_ = false;
-    claimed_ = step_;
+    claimed_ = taken_ = batches_ * options_.batch_size;
   }
   for (int i = 0; i < options_.prefetch_threads; ++i) workers_.emplace_back([this] { work(); });
 }
@@ -288,45 +318,67 @@ void DataLoader::stop() {
 void DataLoader::work() {
   const int64_t capacity = options_.prefetch_batches * options_.batch_size;
   for (;;) {
-    int64_t step = 0;
+    int64_t slot = 0;
     {
       std::unique_lock lock(mutex_);
-      space_.wait(lock, [&] { return stopping_ || claimed_ < step_ + capacity; });
+      space_.wait(lock, [&] { return stopping_ || claimed_ < taken_ + capacity; });
       if (stopping_) return;
-      step = claimed_++;
+      slot = claimed_++;
     }
     Loaded loaded;
     try {
-      loaded.sample = load(sampler_.at(step));
+      const int64_t p = position(slot);
+      loaded.sample = load(sampler_.at(p));
+      loaded.sample.position = p;
     } catch (...) {
       loaded.error = std::current_exception();
     }
     {
       std::lock_guard lock(mutex_);
-      results_.emplace(step, std::move(loaded));
+      results_.emplace(slot, std::move(loaded));
     }
     ready_.notify_all();
   }
 }
 
 LoaderState DataLoader::state() const {
-  return {.epoch = step_ / sampler_.per_epoch(),
-          .offset = step_ % sampler_.per_epoch(),
-          .seed = options_.seed,
+  return {.batches = batches_,
+          .rank = options_.rank,
           .world = options_.world,
-          .samples = reader_.size()};
+          .batch_size = options_.batch_size,
+          .seed = options_.seed,
+          .samples = sampler_.samples()};
+}
+
+double DataLoader::epoch_position() const {
+  return static_cast<double>(batches_ * options_.world * options_.batch_size) / static_cast<double>(sampler_.samples());
 }
 
 void DataLoader::restore(const LoaderState& state) {
-  BVLLM_REQUIRE(state.seed == options_.seed && state.world == options_.world && state.samples == reader_.size(),
-                "DataLoader::restore: the state ", state.to_json(), " is from a loader with another seed, world or ",
-                "shard set (this one: seed ", options_.seed, ", world ", options_.world, ", ", reader_.size(),
-                " samples in ", options_.shards, ")");
-  BVLLM_REQUIRE(state.epoch >= 0 && state.offset >= 0 && state.offset < sampler_.per_epoch(),
-                "DataLoader::restore: offset ", state.offset, " is outside this rank's share of ", sampler_.per_epoch(),
-                " samples per epoch");
+  const auto differs = [&](const char* field, const auto& saved, const auto& ours) {
+    return str_cat("DataLoader::restore: the state ", state.to_json(), " is from another stream: its ", field, " is ",
+                   saved, ", this loader's ", ours, " (", options_.shards, ")");
+  };
+  BVLLM_REQUIRE(state.seed == options_.seed, differs("seed", state.seed, options_.seed));
+  BVLLM_REQUIRE(state.samples == sampler_.samples(), differs("samples", state.samples, sampler_.samples()));
+  BVLLM_REQUIRE(state.batch_size == options_.batch_size, differs("batch_size", state.batch_size, options_.batch_size));
+  BVLLM_REQUIRE(state.batches >= 0 && state.world >= 1 && state.rank >= 0 && state.rank < state.world,
+                "DataLoader::restore: the state ", state.to_json(),
+                " has batches < 0, world < 1 or a rank outside [0, world)");
+  int64_t batches = state.batches;
+  if (state.world != options_.world) {
+    // The ranks of the saved run took global batches [0, consumed) together; the new world's ranks
+    // take the next ones in turn, which is the saved run's stream only if each rank has the same
+    // count of them behind it.
+    const int64_t consumed = state.batches * state.world;
+    BVLLM_REQUIRE(consumed % options_.world == 0, "DataLoader::restore: the global batch position ", consumed, " (",
+                  state.batches, " batches on each of ", state.world,
+                  " ranks) cannot be split evenly over the new world of ", options_.world, " ranks (", consumed, " % ",
+                  options_.world, " = ", consumed % options_.world, ")");
+    batches = consumed / options_.world;
+  }
   stop();
-  step_ = state.epoch * sampler_.per_epoch() + state.offset;
+  batches_ = batches;
 }
 
 }  // namespace bvllm::data

@@ -3,14 +3,19 @@
 // LLM ids and labels for the stage (data/conversation.h), the Q-Former question as BERT ids,
 // and CLIP-normalized frames sampled uniformly from the stored 1-fps JPEG frames.
 //
-// Order. Epoch e visits the samples in the permutation epoch_permutation(N, seed, e): Fisher-Yates
-// driven by std::mt19937_64 with our own bounded draw, so the order is the same on every platform
-// and standard library (std::shuffle and uniform_int_distribution are implementation-defined). The
-// last N % world positions of the permutation are dropped so every rank gets N / world samples
-// (different samples each epoch, since the permutation changes); rank r takes positions
-// r, r + world, r + 2 world, ... (Caffe's round robin, data-pipeline.md §2.1). Batches are
-// consecutive samples of a rank's stream, which runs on from one epoch into the next, so every
-// batch has batch_size samples and a batch may straddle two epochs.
+// Order. The global stream is every epoch's permutation epoch_permutation(N, seed, e) one after
+// the other, nothing dropped: global position p is sample epoch_permutation(N, seed, p / N)[p % N].
+// The permutation is Fisher-Yates driven by std::mt19937_64 with our own bounded draw, so the order
+// is the same on every platform and standard library (std::shuffle and uniform_int_distribution
+// are implementation-defined). The stream is cut into global batches of batch_size consecutive
+// positions (global batch g is positions [g B, (g + 1) B); one may straddle two epochs), and rank r
+// of world w takes global batches r, r + w, r + 2 w, ...: its k-th batch is global batch k w + r.
+// So the k-th batches of ranks 0 .. w-1, in rank order, are the batches k w .. k w + w - 1 that one
+// process with the same batch_size takes: dp ranks with grad_accum a see exactly the micro-batches
+// of one process with grad_accum dp a, and the position is a count of global batches, which a run
+// on another dp can take up (Megatron's consumed_samples sampler does the same with samples,
+// research/distributed.md §1, "Data loader determinism / resume"). A global batch here is one
+// batch of the stream, a rank's micro-batch, not the trainer's batch of an optimizer step.
 //
 // Frames. B-VLLM trains on N frames per video (16 in stage 1, 32 in stage 2) chosen by
 // VideoLLaMA2's uniform rule (bvlm/mm_utils.py frame_sample; research/bvllm.md §2.1), here over
@@ -19,10 +24,11 @@
 // pad_to_square, LLaVA's expand2square comes first, for images and video frames alike, as the
 // reference's process_video / process_image do with --image_aspect_ratio pad (stage 2).
 //
-// Resume. The position is (epoch, offset in this rank's share); nothing else is random, so
-// restore() of a saved state gives exactly the batches an uninterrupted run would have given.
-// Prefetch threads load samples ahead; results are handed out in stream order, so the thread
-// count never changes what next_batch() returns.
+// Resume. The position is the number of batches this rank has taken; nothing else is random, so
+// restore() of a saved state gives exactly the batches an uninterrupted run would have given, on
+// the same world or on another one that splits the global batches consumed evenly. Prefetch
+// threads load samples ahead; results are handed out in stream order, so the thread count never
+// changes what next_batch() returns.
 #pragma once
 
 #include <condition_variable>
@@ -47,7 +53,7 @@ struct LoaderOptions {
   std::string shards;       // a directory with index.json (data/shard.h)
   int rank = 0, world = 1;  // data-parallel rank and size
   uint64_t seed = 42;
-  int64_t batch_size = 1;     // samples per batch on this rank
+  int64_t batch_size = 1;     // samples per batch: a rank's micro-batch
   int stage = 2;              // 1: plain text, only the placeholder masked; 2: ChatML, answers supervised
   int64_t frames = 32;        // frames per video, uniform over the stored 1-fps frames (16 in stage 1)
   int image_size = 336;       // CLIP resize and crop side
@@ -68,22 +74,25 @@ struct LoaderOptions {
 struct LoadedSample {
   std::string id;
   int64_t index = -1;          // ShardReader::get's global index
+  int64_t position = -1;       // in the global stream (next_batch(); -1 from load()): keys a micro-batch's noise
   Tensor ids, labels;          // i64 [L], one -201 (video) or -200 (image) placeholder, labels -100 where masked
   Tensor pixels;               // f32 [T, 3, S, S] (T = options.frames for a video, 1 for an image); undefined for text
   Tensor bert_ids, bert_mask;  // i64 [Lb]: [CLS] question [SEP] (BertTokenizer), mask all ones
 };
 
-// Where a rank's stream stands. seed, world and samples are not position: restore() checks them
-// against the loader's, since the same (epoch, offset) means other samples under other values.
+// Where a rank's stream stands: `batches` is the position; the rest says which stream it counts
+// in. restore() requires the same seed, samples and batch_size (the same count means other samples
+// under other values) and reads rank and world to place the position on its own world.
 struct LoaderState {
-  int64_t epoch = 0;
-  int64_t offset = 0;  // samples this rank has taken from its share of `epoch`
+  int64_t batches = 0;  // batches this rank has taken (k: its next one is global batch k world + rank)
+  int rank = 0, world = 1;
+  int64_t batch_size = 1;
   uint64_t seed = 0;
-  int world = 1;
   int64_t samples = 0;  // in the shards
 
-  std::string to_json() const;  // {"epoch":..,"offset":..,"seed":..,"world":..,"samples":..}
-  // Throws bvllm::Error naming `source` and the field for anything missing or malformed.
+  // {"batches":..,"rank":..,"world":..,"batch_size":..,"seed":..,"samples":..}
+  std::string to_json() const;
+  // Throws bvllm::Error naming `source` and the field for anything missing, malformed or out of range.
   static LoaderState from_json(std::string_view text, const std::string& source);
   bool operator==(const LoaderState&) const = default;
 };
@@ -98,19 +107,20 @@ std::vector<int64_t> epoch_permutation(int64_t samples, uint64_t seed, int64_t e
 // here. Throws bvllm::Error when available < 1 or count < 1.
 std::vector<int64_t> uniform_frame_indices(int64_t available, int64_t count);
 
-// A rank's stream of sample indices: step s = epoch * per_epoch() + offset. Thread-safe; keeps the
-// rank's share of the last two epochs it was asked about.
-class RankSampler {
+// The global stream cut into global batches (see Order above). Thread-safe; keeps the permutations
+// of the last two epochs it was asked about, so a long run does not recompute them per sample.
+class GlobalSampler {
  public:
-  RankSampler(int64_t samples, int rank, int world, uint64_t seed);
-  int64_t per_epoch() const { return per_epoch_; }  // samples / world
-  int64_t at(int64_t step) const;                   // the global sample index
-  std::vector<int64_t> share(int64_t epoch) const;  // every index of this rank in `epoch`, in order
+  // Throws bvllm::Error when samples < 1 or batch_size < 1.
+  GlobalSampler(int64_t samples, uint64_t seed, int64_t batch_size);
+  int64_t samples() const { return samples_; }
+  int64_t batch_size() const { return batch_size_; }
+  int64_t at(int64_t position) const;                      // the sample index at a global position
+  std::vector<int64_t> batch(int64_t global_batch) const;  // its batch_size sample indices, in order
 
  private:
-  std::shared_ptr<const std::vector<int64_t>> epoch_share(int64_t epoch) const;
-  int64_t samples_, per_epoch_;
-  int rank_, world_;
+  std::shared_ptr<const std::vector<int64_t>> epoch(int64_t epoch) const;
+  int64_t samples_, batch_size_;
   uint64_t seed_;
   mutable std::mutex mutex_;
   mutable std::map<int64_t, std::shared_ptr<const std::vector<int64_t>>> cache_;
@@ -120,24 +130,31 @@ class DataLoader {
  public:
   // Opens the shards read-only (after fork / MPI_Init: LMDB environments must not cross a fork).
   // The tokenizers are copied (they share their immutable tables). Threads start on the first
-  // next_batch(). Throws bvllm::Error for invalid options, a missing or empty shard directory, or
-  // fewer samples than ranks.
+  // next_batch(). Throws bvllm::Error for invalid options or a missing or empty shard directory.
   DataLoader(LoaderOptions options, const Qwen2Tokenizer& qwen, const BertTokenizer& bert);
   ~DataLoader();
   DataLoader(const DataLoader&) = delete;
   DataLoader& operator=(const DataLoader&) = delete;
 
-  // The next batch_size samples of this rank's stream. A sample that cannot be loaded (bad
-  // conversation, undecodable frame) throws bvllm::Error naming the shard directory, the index and
-  // the id; the stream is then just past that sample (the samples of the batch taken before it
-  // are dropped), so a caller may log the error and go on.
+  // This rank's next batch: global batch batches world + rank, batch_size samples. A sample that
+  // cannot be loaded (bad conversation, undecodable frame) throws bvllm::Error naming the shard
+  // directory, the index and the id; the whole batch is dropped and the stream is at this rank's
+  // next batch, so a caller may log the error and go on (every rank still takes one batch per call,
+  // so the ranks stay on the same k and a saved position stays valid for any of them).
   std::vector<LoadedSample> next_batch();
 
   LoaderState state() const;
-  // Continues from `state` (from state() of a loader with the same seed, world and shards).
+  // Continues from `state`, which must come from a loader with the same seed, batch_size and
+  // sample count (else bvllm::Error naming the field). The ranks step together, so all ranks of a
+  // world hold the same count and any of their states will do. On the same world the rank continues
+  // at state.batches; on another world w' the state.batches * state.world global batches consumed
+  // are split over w' ranks, which must divide them (else bvllm::Error), and each continues at
+  // consumed / w'.
   void restore(const LoaderState& state);
 
-  int64_t samples_per_epoch() const { return sampler_.per_epoch(); }  // this rank's share
+  int64_t samples_per_epoch() const { return sampler_.samples(); }  // the whole dataset: N
+  // Global samples consumed by all ranks together over N: batches * world * batch_size / N.
+  double epoch_position() const;
   const LoaderOptions& options() const { return options_; }
   const ShardReader& reader() const { return reader_; }
 
@@ -148,23 +165,25 @@ class DataLoader {
   void start();
   void stop();
   void work();
+  // Slot s is sample s % batch_size of this rank's batch s / batch_size: its global position.
+  int64_t position(int64_t slot) const;
 
   LoaderOptions options_;
   Qwen2Tokenizer qwen_;
   BertTokenizer bert_;
   ShardReader reader_;
-  RankSampler sampler_;
-  int64_t step_ = 0;  // the next step next_batch() hands out
+  GlobalSampler sampler_;
+  int64_t batches_ = 0;  // the next batch next_batch() hands out (its first slot is batches_ * batch_size)
 
-  // Prefetch: workers claim steps in order, up to `capacity` ahead of step_, and leave results
-  // keyed by step; next_batch() takes them in order.
+  // Prefetch: workers claim slots in order, up to `capacity` ahead of the next batch's first slot,
+  // and leave results keyed by slot; next_batch() takes them in order.
   struct Loaded {
     LoadedSample sample;
     std::exception_ptr error;
   };
   std::mutex mutex_;
   std::condition_variable ready_, space_;
-  int64_t claimed_ = 0;
+  int64_t claimed_ = 0, taken_ = 0;  // slots claimed by a worker; slots next_batch() has taken
   bool stopping_ = false;
   std::map<int64_t, Loaded> results_;
   std::vector<std::thread> workers_;

@@ -1,8 +1,9 @@
-// The training loader: the per-epoch order and each rank's share, the frame choice against
-// B-VLLM's frame_sample (tests/reference/make_frame_sample_fixtures.py), and DataLoader on shards
-// written by ShardWriter: 4 ranks disjoint and covering the epoch, the same order on a re-run,
-// another order for another seed or epoch, restore() mid-epoch, prefetch threads changing nothing,
-// and what one loaded sample holds.
+// The training loader: the per-epoch order and the global stream cut into batches, the frame
+// choice against B-VLLM's frame_sample (tests/reference/make_frame_sample_fixtures.py), and
+// DataLoader on shards written by ShardWriter: the stream crossing epochs with nothing dropped,
+// w ranks together taking exactly one process's batches, the same order on a re-run and another
+// for another seed, restore() on the same world and on another one, prefetch threads changing
+// nothing, a failing batch dropped whole, and what one loaded sample holds.
 #include "data/loader.h"
 
 #include <gtest/gtest.h>
@@ -11,6 +12,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>  // defines: nlohmann::json
 #include <set>
 
@@ -61,29 +63,25 @@ TEST(EpochPermutation, PositionsAreUniform) {
   EXPECT_LT(chi2, 45.0);
 }
 
-TEST(RankSampler, FourRanksShareTheEpochDisjointly) {
-  constexpr int64_t n = 103;  // 103 % 4 = 3 samples dropped per epoch
-  for (int64_t epoch : {0, 1, 7}) {
-    const std::vector<int64_t> order = epoch_permutation(n, 9, epoch);
-    std::vector<int64_t> all;
-    for (int r = 0; r < 4; ++r) {
-      const RankSampler sampler(n, r, 4, 9);
-      ASSERT_EQ(sampler.per_epoch(), 25);
-      const std::vector<int64_t> share = sampler.share(epoch);
-      for (int64_t j = 0; j < 25; ++j) {
-        EXPECT_EQ(share[j], order[r + 4 * j]);  // round robin over the epoch's order
-        EXPECT_EQ(sampler.at(epoch * 25 + j), share[j]);
-      }
-      all.insert(all.end(), share.begin(), share.end());
-    }
-    std::sort(all.begin(), all.end());
-    EXPECT_EQ(std::adjacent_find(all.begin(), all.end()), all.end()) << "a sample on two ranks";
-    std::vector<int64_t> kept(order.begin(), order.begin() + 100);
-    std::sort(kept.begin(), kept.end());
-    EXPECT_EQ(all, kept);
+// Position p of the stream is sample p % N of epoch p / N's permutation; batch g is positions
+// [g B, (g + 1) B). Asked out of order (more epochs than the cache keeps), it gives the same.
+TEST(GlobalSampler, ConcatenatesTheEpochPermutationsAndCutsBatches) {
+  constexpr int64_t n = 7, batch = 3;
+  const GlobalSampler sampler(n, 9, batch);
+  EXPECT_EQ(sampler.samples(), n);
+  EXPECT_EQ(sampler.batch_size(), batch);
+  std::vector<int64_t> stream;
+  for (int64_t e = 0; e < 4; ++e) {
+    const std::vector<int64_t> order = epoch_permutation(n, 9, e);
+    stream.insert(stream.end(), order.begin(), order.end());
   }
-  EXPECT_TRUE(has(error_of([] { RankSampler(3, 0, 4, 1); }), "3 samples cannot give each of 4 ranks"));
-  EXPECT_TRUE(has(error_of([] { RankSampler(8, 4, 4, 1); }), "rank 4 of world 4"));
+  for (int64_t p : {27, 0, 14, 6, 7, 20, 1, 13}) EXPECT_EQ(sampler.at(p), stream[p]) << "position " << p;
+  for (int64_t g : {8, 0, 2, 4, 1}) {  // 2 straddles epochs 0 and 1 (positions 6..8)
+    EXPECT_EQ(sampler.batch(g), std::vector<int64_t>(stream.begin() + g * batch, stream.begin() + (g + 1) * batch))
+        << "global batch " << g;
+  }
+  EXPECT_CONTAINS(error_of([] { GlobalSampler(0, 1, 1); }), "0 samples, expected >= 1");
+  EXPECT_CONTAINS(error_of([] { GlobalSampler(4, 1, 0); }), "batch_size 0, expected >= 1");
 }
 
 TEST(UniformFrameIndices, MatchTheReferenceFrameSample) {
@@ -102,14 +100,46 @@ TEST(UniformFrameIndices, MatchTheReferenceFrameSample) {
 }
 
 TEST(LoaderState, JsonRoundTripAndErrors) {
-  const LoaderState s{.epoch = 3, .offset = 17, .seed = 18446744073709551615ULL, .world = 8, .samples = 1234567};
+  const LoaderState s{
+      .batches = 31, .rank = 5, .world = 8, .batch_size = 3, .seed = 18446744073709551615ULL, .samples = 1234567};
   EXPECT_EQ(LoaderState::from_json(s.to_json(), "ckpt"), s);
-  EXPECT_TRUE(has(error_of([] { LoaderState::from_json("{\"epoch\": 1}", "ckpt/loader.json"); }),
-                  "ckpt/loader.json: loader state field \"offset\" is missing"));
-  EXPECT_TRUE(has(error_of([] { LoaderState::from_json("[1", "f"); }), "f: the loader state is not JSON"));
-  EXPECT_TRUE(
-      has(error_of([] { LoaderState::from_json(R"({"epoch":0,"offset":-1,"seed":1,"world":1,"samples":2})", "f"); }),
-          "negative"));
+  const nlohmann::json good = nlohmann::json::parse(s.to_json());
+  for (const char* field : {"batches", "rank", "world", "batch_size", "seed", "samples"}) {
+    nlohmann::json missing = good;
+    missing.erase(field);
+    EXPECT_CONTAINS(
+        error_of([&] { LoaderState::from_json(missing.dump(), "ckpt/trainer.json"); }),
+        std::string("ckpt/trainer.json: loader state field \"") + field + "\" is missing or not an integer");
+    nlohmann::json text = good;
+    text[field] = "1";
+    EXPECT_CONTAINS(error_of([&] { LoaderState::from_json(text.dump(), "f"); }),
+                    std::string("f: loader state field \"") + field + "\" is missing");
+  }
+  const auto with = [&](const char* field, int64_t value) {
+    nlohmann::json j = good;
+    j[field] = value;
+    return error_of([&] { LoaderState::from_json(j.dump(), "f"); });
+  };
+  EXPECT_CONTAINS(with("batches", -1), "f: loader state field \"batches\" is -1, expected >= 0");
+  EXPECT_CONTAINS(with("rank", 8), "f: loader state field \"rank\" is 8, expected 0 <= rank < world (8)");
+  EXPECT_CONTAINS(with("rank", -1), "field \"rank\" is -1");
+  EXPECT_CONTAINS(with("world", 0), "field \"world\" is 0, expected >= 1");
+  EXPECT_CONTAINS(with("batch_size", 0), "field \"batch_size\" is 0, expected >= 1");
+  EXPECT_CONTAINS(with("samples", 0), "field \"samples\" is 0, expected >= 1");
+  nlohmann::json huge = good;
+  huge["batches"] = 18446744073709551615ULL;  // would wrap to -1 as int64
+  EXPECT_CONTAINS(error_of([&] { LoaderState::from_json(huge.dump(), "f"); }),
+                  "field \"batches\" is 18446744073709551615, expected >= 0");
+  huge = good;
+  huge["world"] = 4294967298ULL;  // would be 2 as int
+  EXPECT_CONTAINS(error_of([&] { LoaderState::from_json(huge.dump(), "f"); }), "field \"world\" is 4294967298");
+  EXPECT_CONTAINS(with("seed", -3), "field \"seed\" is -3, expected an unsigned 64-bit integer");
+  EXPECT_CONTAINS(error_of([] { LoaderState::from_json("[1", "f"); }), "f: the loader state is not JSON");
+  EXPECT_CONTAINS(error_of([] { LoaderState::from_json("[1]", "f"); }), "f: the loader state must be a JSON object");
+  // The format before the global stream, (epoch, offset), is refused by name.
+  EXPECT_CONTAINS(
+      error_of([] { LoaderState::from_json(R"({"epoch":1,"offset":2,"seed":1,"world":1,"samples":2})", "old"); }),
+      "old: loader state field \"batches\" is missing");
 }
 
 TEST(LoaderOptions, StagesAndValidation) {
@@ -200,13 +230,13 @@ class DataLoaderTest : public ::testing::Test {
   }
   void SetUp() override { BVLLM_SKIP_WITHOUT_QWEN_TOKENIZER(); }
 
-  static LoaderOptions options(int rank = 0, int world = 1, int threads = 0) {
+  static LoaderOptions options(int rank = 0, int world = 1, int threads = 0, int64_t batch = 2) {
     LoaderOptions o = LoaderOptions::for_stage(2);
     o.shards = dir_->string();
     o.rank = rank;
     o.world = world;
     o.seed = 5;
-    o.batch_size = 2;
+    o.batch_size = batch;
     o.frames = 4;
     o.image_size = kImageSize;
     o.prefetch_threads = threads;
@@ -232,6 +262,7 @@ void expect_same(const std::vector<LoadedSample>& a, const std::vector<LoadedSam
   for (size_t i = 0; i < a.size(); ++i) {
     EXPECT_EQ(a[i].id, b[i].id) << what << " sample " << i;
     EXPECT_EQ(a[i].index, b[i].index) << what << " sample " << i;
+    EXPECT_EQ(a[i].position, b[i].position) << what << " sample " << i;
     EXPECT_TRUE(same_tensor(a[i].ids, b[i].ids)) << what << " ids " << i;
     EXPECT_TRUE(same_tensor(a[i].labels, b[i].labels)) << what << " labels " << i;
     EXPECT_TRUE(same_tensor(a[i].pixels, b[i].pixels)) << what << " pixels " << i;
@@ -240,9 +271,9 @@ void expect_same(const std::vector<LoadedSample>& a, const std::vector<LoadedSam
   }
 }
 
-std::vector<LoadedSample> take(DataLoader& loader, int batches) {
+std::vector<LoadedSample> take(DataLoader& loader, int64_t batches) {
   std::vector<LoadedSample> out;
-  for (int b = 0; b < batches; ++b) {
+  for (int64_t b = 0; b < batches; ++b) {
     std::vector<LoadedSample> batch = loader.next_batch();
     EXPECT_EQ(batch.size(), static_cast<size_t>(loader.options().batch_size));
     for (auto& s : batch) out.push_back(std::move(s));
@@ -256,40 +287,69 @@ std::vector<int64_t> indices(const std::vector<LoadedSample>& samples) {
   return out;
 }
 
+// The sample at stream position p, from the epoch permutations alone (not GlobalSampler).
+int64_t sample_at(int64_t p, uint64_t seed) { return epoch_permutation(kSamples, seed, p / kSamples)[p % kSamples]; }
+
 TEST_F(DataLoaderTest, ShardsHoldEverySample) {
   const DataLoader l = loader(options());
   ASSERT_GE(l.reader().index().shards.size(), 2u) << "the test wants several shards";
   EXPECT_EQ(l.reader().size(), kSamples);
   EXPECT_EQ(l.samples_per_epoch(), kSamples);
+  EXPECT_EQ(loader(options(3, 4)).samples_per_epoch(), kSamples);  // the whole dataset on every rank
 }
 
-// 23 samples over 4 ranks: 5 each per epoch, 3 dropped; within an epoch the ranks are disjoint and
-// together take exactly the first 20 positions of the epoch's order. Batches of 2 straddle epochs
-// (5 is odd), and the stream just runs on.
-TEST_F(DataLoaderTest, FourRanksTakeDisjointSharesCoveringTheEpoch) {
-  std::vector<std::vector<int64_t>> streams;
-  for (int r = 0; r < 4; ++r) {
-    DataLoader l = loader(options(r, 4, r % 2));  // threads on some ranks: no difference expected
-    EXPECT_EQ(l.samples_per_epoch(), 5);
-    streams.push_back(indices(take(l, 5)));  // 10 samples: epochs 0 and 1
-    EXPECT_EQ(l.state().epoch, 2);
-    EXPECT_EQ(l.state().offset, 0);
+// One process: 2.6 epochs of batches of 2 (23 is odd, so batch 11 straddles epochs 0 and 1).
+// Positions run 0, 1, 2, ... with nothing dropped, each sample is the epoch's permutation at that
+// position, and every whole epoch holds each sample once.
+TEST_F(DataLoaderTest, TheStreamCrossesEpochsWithNothingDropped) {
+  DataLoader l = loader(options());
+  const std::vector<LoadedSample> stream = take(l, 30);
+  ASSERT_EQ(stream.size(), 60u);
+  for (int64_t p = 0; p < 60; ++p) {
+    EXPECT_EQ(stream[p].position, p);
+    EXPECT_EQ(stream[p].index, sample_at(p, 5)) << "position " << p;
+    EXPECT_EQ(stream[p].id, str_cat("s", stream[p].index));
   }
-  for (int64_t epoch : {0, 1}) {
-    std::vector<int64_t> all;
-    for (int r = 0; r < 4; ++r)
-      all.insert(all.end(), streams[r].begin() + epoch * 5, streams[r].begin() + epoch * 5 + 5);
-    std::vector<int64_t> sorted = all;
-    std::sort(sorted.begin(), sorted.end());
-    EXPECT_EQ(std::adjacent_find(sorted.begin(), sorted.end()), sorted.end()) << "epoch " << epoch;
-    const std::vector<int64_t> order = epoch_permutation(kSamples, 5, epoch);
-    std::vector<int64_t> kept(order.begin(), order.begin() + 20);
-    std::sort(kept.begin(), kept.end());
-    EXPECT_EQ(sorted, kept) << "epoch " << epoch;
+  for (int64_t e : {0, 1}) {
+    std::vector<int64_t> epoch(kSamples);
+    for (int64_t i = 0; i < kSamples; ++i) epoch[i] = stream[e * kSamples + i].index;
+    std::sort(epoch.begin(), epoch.end());
+    for (int64_t i = 0; i < kSamples; ++i) EXPECT_EQ(epoch[i], i) << "epoch " << e;
   }
-  EXPECT_NE(std::vector<int64_t>(streams[0].begin(), streams[0].begin() + 5),
-            std::vector<int64_t>(streams[0].begin() + 5, streams[0].end()))
+  EXPECT_NE(indices({stream.begin(), stream.begin() + kSamples}),
+            indices({stream.begin() + kSamples, stream.begin() + 2 * kSamples}))
       << "epoch 1 repeats epoch 0's order";
+}
+
+// Rank r of w takes global batches r, r + w, ...: at its k-th call the ranks together, in rank
+// order, hold batches k w .. k w + w - 1 of one process with the same batch size, sample for
+// sample (ids, frames, positions), over several epochs. Prefetch threads on some ranks only.
+TEST_F(DataLoaderTest, RanksTogetherTakeTheBatchesOfOneProcess) {
+  for (int64_t batch : {1, 2, 5}) {
+    for (int world : {1, 2, 3, 4}) {
+      const int64_t calls = (2 * kSamples + 10) / (world * batch) + 1;  // past two epoch boundaries
+      DataLoader single = loader(options(0, 1, 1, batch));
+      std::vector<std::vector<LoadedSample>> reference;
+      for (int64_t g = 0; g < calls * world; ++g) reference.push_back(single.next_batch());
+      std::vector<std::unique_ptr<DataLoader>> ranks;
+      for (int r = 0; r < world; ++r)
+        ranks.push_back(std::make_unique<DataLoader>(options(r, world, r % 2 == 1 ? 2 : 0, batch),
+                                                     *testing::qwen_tokenizer(), tiny_bert()));
+      for (int64_t k = 0; k < calls; ++k) {
+        for (int r = 0; r < world; ++r) {
+          const std::string what = str_cat("batch ", batch, ", world ", world, ", rank ", r, ", call ", k);
+          const std::vector<LoadedSample> got = ranks[r]->next_batch();
+          const int64_t g = k * world + r;
+          expect_same(got, reference[g], what);
+          ASSERT_EQ(got.size(), static_cast<size_t>(batch)) << what;
+          for (int64_t j = 0; j < batch; ++j) {
+            EXPECT_EQ(got[j].position, g * batch + j) << what;  // consecutive within the batch
+            EXPECT_EQ(got[j].index, sample_at(g * batch + j, 5)) << what;
+          }
+        }
+      }
+    }
+  }
 }
 
 TEST_F(DataLoaderTest, SameOrderOnARerunAnotherForAnotherSeed) {
@@ -308,13 +368,12 @@ TEST_F(DataLoaderTest, SameOrderOnARerunAnotherForAnotherSeed) {
   EXPECT_NE(indices(take(c, 12)), indices(first));
 }
 
-TEST_F(DataLoaderTest, RestoreMidEpochGivesTheSameNextBatches) {
+TEST_F(DataLoaderTest, RestoreOnTheSameWorldGivesTheSameNextBatches) {
   DataLoader straight = loader(options(1, 2, 2));
-  const std::vector<LoadedSample> before = take(straight, 4);  // 8 of rank 1's 11 per epoch
+  const std::vector<LoadedSample> before = take(straight, 4);  // global batches 1, 3, 5, 7: positions < 16
   const LoaderState saved = straight.state();
-  EXPECT_EQ(saved.epoch, 0);
-  EXPECT_EQ(saved.offset, 8);
-  const std::vector<LoadedSample> after = take(straight, 5);  // across the epoch boundary
+  EXPECT_EQ(saved, (LoaderState{.batches = 4, .rank = 1, .world = 2, .batch_size = 2, .seed = 5, .samples = kSamples}));
+  const std::vector<LoadedSample> after = take(straight, 5);  // across the epoch boundary at 23
 
   DataLoader resumed = loader(options(1, 2, 2));
   resumed.restore(LoaderState::from_json(saved.to_json(), "saved state"));
@@ -327,12 +386,68 @@ TEST_F(DataLoaderTest, RestoreMidEpochGivesTheSameNextBatches) {
   rewound.restore(saved);
   expect_same(take(rewound, 5), after, "rewound");
 
+  // The ranks step together, so rank 0's state places rank 1 just as well.
+  DataLoader other_rank = loader(options(1, 2, 0));
+  LoaderState from_rank0 = saved;
+  from_rank0.rank = 0;
+  other_rank.restore(from_rank0);
+  EXPECT_EQ(other_rank.state(), saved);
+  expect_same(take(other_rank, 5), after, "from rank 0's state");
+
   LoaderState wrong = saved;
   wrong.seed = 99;
-  EXPECT_TRUE(has(error_of([&] { resumed.restore(wrong); }), "another seed, world or shard set"));
+  EXPECT_CONTAINS(error_of([&] { resumed.restore(wrong); }), "is from another stream: its seed is 99, this loader's 5");
   wrong = saved;
-  wrong.offset = 11;
-  EXPECT_TRUE(has(error_of([&] { resumed.restore(wrong); }), "offset 11 is outside"));
+  wrong.samples = 24;
+  EXPECT_CONTAINS(error_of([&] { resumed.restore(wrong); }), "its samples is 24, this loader's 23");
+  wrong = saved;
+  wrong.batch_size = 4;
+  EXPECT_CONTAINS(error_of([&] { resumed.restore(wrong); }), "its batch_size is 4, this loader's 2");
+}
+
+// Saved at world 2 after 3 batches on each rank: global batches 0..5 are consumed. World 3 takes
+// 6, 7, 8 next (2 batches on each rank behind it), world 1 takes 6; world 4 cannot split 6.
+TEST_F(DataLoaderTest, RestoreOnAnotherWorldContinuesTheGlobalStream) {
+  DataLoader single = loader(options());
+  const std::vector<LoadedSample> reference = take(single, 12);  // global batches 0..11
+  const auto global_batch = [&](int64_t g) {
+    return std::vector<LoadedSample>(reference.begin() + 2 * g, reference.begin() + 2 * g + 2);
+  };
+  DataLoader saver = loader(options(0, 2, 1));
+  take(saver, 3);
+  const LoaderState saved = LoaderState::from_json(saver.state().to_json(), "saved state");
+  EXPECT_EQ(saved.batches, 3);
+  EXPECT_DOUBLE_EQ(saver.epoch_position(), 12.0 / kSamples);
+
+  for (int r = 0; r < 3; ++r) {
+    DataLoader l = loader(options(r, 3, r));
+    l.restore(saved);
+    EXPECT_EQ(l.state().batches, 2);
+    EXPECT_EQ(l.state().world, 3);
+    EXPECT_EQ(l.state().rank, r);
+    EXPECT_DOUBLE_EQ(l.epoch_position(), 12.0 / kSamples);  // the same place in the stream
+    expect_same(l.next_batch(), global_batch(6 + r), str_cat("world 3 rank ", r, " first batch"));
+    expect_same(l.next_batch(), global_batch(9 + r), str_cat("world 3 rank ", r, " second batch"));
+  }
+  DataLoader one = loader(options(0, 1, 2));
+  one.restore(saved);
+  EXPECT_EQ(one.state().batches, 6);
+  expect_same(take(one, 6), std::vector<LoadedSample>(reference.begin() + 12, reference.end()), "world 1");
+
+  DataLoader four = loader(options(1, 4));
+  const std::string message = error_of([&] { four.restore(saved); });
+  EXPECT_CONTAINS(message,
+                  "the global batch position 6 (3 batches on each of 2 ranks) cannot be split evenly over "
+                  "the new world of 4 ranks (6 % 4 = 2)");
+}
+
+TEST_F(DataLoaderTest, EpochPositionCountsTheSamplesOfAllRanks) {
+  DataLoader l = loader(options(2, 3, 0, 5));
+  EXPECT_EQ(l.epoch_position(), 0.0);
+  take(l, 1);
+  EXPECT_DOUBLE_EQ(l.epoch_position(), 15.0 / kSamples);  // 3 ranks x 5 samples
+  take(l, 2);
+  EXPECT_DOUBLE_EQ(l.epoch_position(), 45.0 / kSamples);
 }
 
 TEST_F(DataLoaderTest, PrefetchThreadsDoNotChangeTheBatches) {
@@ -400,22 +515,41 @@ TEST_F(DataLoaderTest, ErrorsNameTheShardsAndTheSample) {
   LoaderOptions missing = options();
   missing.shards = (*dir_ / "nowhere").string();
   EXPECT_TRUE(has(error_of([&] { loader(missing); }), "nowhere"));
-  LoaderOptions crowded = options(0, 24);
-  EXPECT_TRUE(has(error_of([&] { loader(crowded); }), "23 samples in the shards, fewer than the 24"));
+  // Fewer samples than ranks: the last rank's first batch, global batch 23, is positions 46 and 47.
+  DataLoader crowded = loader(options(23, 24));
+  const std::vector<LoadedSample> batch = crowded.next_batch();
+  ASSERT_EQ(batch.size(), 2u);
+  EXPECT_EQ(batch[0].position, 46);
+  EXPECT_EQ(batch[1].position, 47);
+  EXPECT_EQ(batch[0].index, sample_at(46, 5));
+  EXPECT_EQ(batch[1].index, sample_at(47, 5));
 }
 
-// An error in a prefetch thread reaches next_batch() in stream order.
-TEST_F(DataLoaderTest, PrefetchErrorsSurfaceInOrder) {
-  LoaderOptions o = options(0, 1, 2);
-  o.stage = 1;  // every third sample (text-only) fails
-  o.batch_size = 1;
-  DataLoader l = loader(o);
-  const RankSampler sampler(kSamples, 0, 1, o.seed);
-  for (int64_t step = 0; step < 6; ++step) {
-    const bool text = sampler.at(step) % 3 == 2;
-    const std::string message = error_of([&] { l.next_batch(); });
-    EXPECT_EQ(has(message, "text-only"), text) << "step " << step << ": " << message;
-    EXPECT_EQ(l.state().offset, step + 1);
+// A failing sample fails its whole batch, in stream order with or without prefetch threads, and
+// the next call gives the rank's next batch. Stage 1 refuses text-only samples (every third one).
+TEST_F(DataLoaderTest, AFailingBatchIsDroppedWhole) {
+  for (int threads : {0, 2}) {
+    int failed = 0;
+    LoaderOptions o = options(1, 2, threads, 3);
+    o.stage = 1;
+    DataLoader l = loader(o);
+    for (int64_t k = 0; k < 8; ++k) {
+      const int64_t g = 2 * k + 1;
+      bool text = false;
+      for (int64_t j = 0; j < 3; ++j) text = text || sample_at(g * 3 + j, 5) % 3 == 2;
+      std::vector<LoadedSample> batch;
+      const std::string message = error_of([&] { batch = l.next_batch(); });
+      const std::string what = str_cat("threads ", threads, ", call ", k);
+      EXPECT_EQ(has(message, "text-only"), text) << what << ": " << message;
+      failed += text;
+      if (!text) {
+        ASSERT_EQ(batch.size(), 3u) << what;
+        for (int64_t j = 0; j < 3; ++j) EXPECT_EQ(batch[j].position, g * 3 + j) << what;
+      }
+      EXPECT_EQ(l.state().batches, k + 1) << what;
+    }
+    EXPECT_GT(failed, 0) << "the test wants failing batches";
+    EXPECT_LT(failed, 8) << "the test wants batches that load";
   }
 }
 

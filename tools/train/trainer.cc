@@ -333,11 +333,7 @@ class Trainer {
     metrics_.flush();
   }
 
-  double epoch_position() const {
-    const data::LoaderState s = loader_->state();
-    return static_cast<double>(s.epoch) +
-           static_cast<double>(s.offset) / static_cast<double>(std::max<int64_t>(1, loader_->samples_per_epoch()));
-  }
+  double epoch_position() const { return loader_->epoch_position(); }
 
   void print_progress(const StepStats& s) {
     window_seconds_ += s.seconds;
