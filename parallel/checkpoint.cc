@@ -123,6 +123,79 @@ class FirstError : public pb::io::ErrorCollector {
 
 std::string shape_text(const pb::RepeatedField<int64_t>& dims) { return shape_str(Shape(dims.begin(), dims.end())); }
 
+// The number of elements of a shape read from a file, or nullopt when a dim is negative or the
+// product does not fit in int64.
+template <typename Dims>
+std::optional<int64_t> checked_numel(const Dims& dims) {
+  int64_t n = 1;
+  for (int64_t d : dims) {
+    if (d < 0 || __builtin_mul_overflow(n, d, &n)) return std::nullopt;
+  }
+  return n;
+}
+
+// The directory every writer of `step` writes into: derived from the step alone, so that ranks
+// agree on it without talking.
+fs::path tmp_step_dir(const std::string& dir, int64_t step) {
+  return fs::path(dir) / str_cat(kTmpPrefix, checkpoint_dir_name(step));
+}
+
+// Checks a manifest read from (or about to be written to) `path`: the version, file names and
+// kinds, and every tensor's file, dtype, shape and slice.
+void check_manifest(const std::string& path, const CheckpointManifest& manifest) {
+  const int version = manifest.format_version();
+  BVLLM_REQUIRE(version >= 1 && version <= kCheckpointFormatVersion, path, ": format_version is ", version,
+                ", expected 1 to ", kCheckpointFormatVersion);
+  BVLLM_REQUIRE(manifest.step() >= 0, path, ": step ", manifest.step(), " is negative");
+
+  std::map<std::string, CheckpointFile::Kind> kinds;
+  for (const CheckpointFile& file : manifest.files()) {
+    BVLLM_REQUIRE(is_plain_name(file.name()) && file.name() != kManifest, path, ": files.name '", file.name(),
+                  "' is not a plain file name of the step directory");
+    BVLLM_REQUIRE(file.kind() == CheckpointFile::TENSORS || file.kind() == CheckpointFile::TEXT, path,
+                  ": files.kind of ", file.name(), " is ", CheckpointFile::Kind_Name(file.kind()),
+                  ", expected TENSORS or TEXT");
+    BVLLM_REQUIRE(file.kind() != CheckpointFile::TENSORS || file.name().ends_with(kTensorsSuffix), path,
+                  ": files.name '", file.name(), "' of kind TENSORS does not end with ", kTensorsSuffix);
+    BVLLM_REQUIRE(kinds.emplace(file.name(), file.kind()).second, path, ": files.name '", file.name(),
+                  "' appears twice");
+  }
+  std::set<std::pair<std::string, std::string>> seen;
+  for (const CheckpointTensor& t : manifest.tensors()) {
+    auto kind = kinds.find(t.file());
+    BVLLM_REQUIRE(kind != kinds.end() && kind->second == CheckpointFile::TENSORS, path, ": tensors.file '", t.file(),
+                  "' of tensor '", t.name(), "' is not a TENSORS entry of files");
+    BVLLM_REQUIRE(seen.emplace(t.file(), t.name()).second, path, ": tensor '", t.name(), "' appears twice in ",
+                  t.file());
+    BVLLM_REQUIRE(dtype_from_safetensors(t.dtype()).has_value(), path, ": tensors.dtype of '", t.name(), "' is '",
+                  t.dtype(), "', not a dtype bvllm has");
+    const std::optional<int64_t> total = checked_numel(t.shape());
+    BVLLM_REQUIRE(total.has_value(), path, ": tensors.shape of '", t.name(), "' is ", shape_text(t.shape()));
+    if (t.has_flat()) {
+      BVLLM_REQUIRE(version >= 2, path, ": tensor '", t.name(), "' of ", t.file(),
+                    " has flat, which format_version 1 does not have");
+      BVLLM_REQUIRE(t.slice_start().empty() && t.slice_size().empty(), path, ": tensor '", t.name(), "' of ", t.file(),
+                    " has both flat and slice_start/slice_size");
+      const int64_t start = t.flat().start();
+      const int64_t size = t.flat().size();
+      BVLLM_REQUIRE(start >= 0 && size >= 0 && start <= *total && size <= *total - start, path, ": tensor '", t.name(),
+                    "' of ", t.file(), " holds flat elements [", start, ", ", start + size, ") but its global shape ",
+                    shape_text(t.shape()), " has ", *total);
+      continue;
+    }
+    BVLLM_REQUIRE(t.slice_start_size() == t.shape_size() && t.slice_size_size() == t.shape_size(), path, ": tensor '",
+                  t.name(), "' has slice_start ", shape_text(t.slice_start()), " and slice_size ",
+                  shape_text(t.slice_size()), " for shape ", shape_text(t.shape()), " (one per dim expected)");
+    for (int d = 0; d < t.shape_size(); ++d) {
+      // Boxes other than the whole tensor come with tensor-parallel saves.
+      BVLLM_REQUIRE(t.slice_start(d) == 0 && t.slice_size(d) == t.shape(d), path, ": tensor '", t.name(),
+                    "' is a slice (slice_start ", shape_text(t.slice_start()), ", slice_size ",
+                    shape_text(t.slice_size()), " of ", shape_text(t.shape()),
+                    "); loading per-dim slices is not supported yet");
+    }
+  }
+}
+
 // Every file the manifest lists exists as a regular file of its recorded size.
 void check_file_sizes(const fs::path& step_dir, const CheckpointManifest& manifest) {
   for (const CheckpointFile& file : manifest.files()) {
@@ -183,68 +256,71 @@ class DirGuard {
   fs::path path_;
 };
 
-void check_names(const std::string& dir, const Checkpoint& checkpoint) {
+// The names and slices of `part`, before anything is written.
+void check_part(const std::string& dir, const Checkpoint& part) {
+  BVLLM_REQUIRE(part.step >= 0, dir, ": checkpoint step ", part.step, " is negative");
   std::set<std::string> files;
-  for (const auto& [stem, tensors] : checkpoint.tensors) {
+  for (const auto& [stem, tensors] : part.tensors) {
     const std::string name = stem + kTensorsSuffix;
     BVLLM_REQUIRE(is_plain_name(stem), dir, ": tensors stem '", stem, "' is not a plain file name");
     BVLLM_REQUIRE(files.insert(name).second, dir, ": two files would be named ", name);
   }
-  for (const auto& [name, text] : checkpoint.texts) {
+  for (const auto& [name, text] : part.texts) {
     BVLLM_REQUIRE(is_plain_name(name), dir, ": text name '", name, "' is not a plain file name");
     BVLLM_REQUIRE(name != kManifest, dir, ": a text may not be named ", kManifest, " (the checkpoint's own)");
     BVLLM_REQUIRE(!name.ends_with(kTensorsSuffix), dir, ": text name '", name, "' ends with ", kTensorsSuffix,
                   ", which is for tensors");
     BVLLM_REQUIRE(files.insert(name).second, dir, ": two files would be named ", name);
   }
-}
-
-// Writes the checkpoint's files and manifest.pb into the (empty) directory `tmp`, all fsynced.
-void write_step(const fs::path& tmp, const Checkpoint& checkpoint, const CheckpointSaveOptions& options) {
-  auto stage = [&](const std::string& name) {
-    if (options.on_stage) options.on_stage("wrote " + name);
-  };
-  CheckpointManifest manifest;
-  manifest.set_format_version(kCheckpointFormatVersion);
-  manifest.set_step(checkpoint.step);
-  auto add_file = [&](const std::string& name, CheckpointFile::Kind kind) {
-    const std::string path = join(tmp, name);
-    std::error_code ec;
-    uint64_t size = fs::file_size(path, ec);
-    if (ec) fail(path, "cannot stat what was just written: ", ec.message());
-    CheckpointFile* file = manifest.add_files();
-    file->set_name(name);
-    file->set_kind(kind);
-    file->set_bytes(size);
-  };
-  for (const auto& [stem, tensors] : checkpoint.tensors) {
-    const std::string name = stem + kTensorsSuffix;
-    save_safetensors(join(tmp, name), tensors);  // fsyncs the file and renames it into tmp
-    add_file(name, CheckpointFile::TENSORS);
-    stage(name);
-    for (const auto& [tensor_name, t] : tensors) {
-      CheckpointTensor* entry = manifest.add_tensors();
-      entry->set_name(tensor_name);
-      entry->set_file(name);
-      entry->set_dtype(std::string(safetensors_dtype_name(t.dtype())));
-      for (int64_t d : t.shape()) {
-        entry->add_shape(d);
-        entry->add_slice_start(0);
-        entry->add_slice_size(d);
-      }
+  for (const auto& [stem, slices] : part.slices) {
+    auto tensors = part.tensors.find(stem);
+    BVLLM_REQUIRE(tensors != part.tensors.end() || slices.empty(), dir, ": slices of stem '", stem,
+                  "', which has no tensors");
+    for (const auto& [name, slice] : slices) {
+      auto t = std::find_if(tensors->second.begin(), tensors->second.end(),
+                            [&](const auto& named) { return named.first == name; });
+      BVLLM_REQUIRE(t != tensors->second.end(), dir, ": slice '", name, "' of stem '", stem,
+                    "' is not one of its tensors");
+      BVLLM_REQUIRE(t->second.defined(), dir, ": tensor '", name, "' of stem '", stem, "' is undefined");
+      BVLLM_REQUIRE(t->second.dim() == 1, dir, ": slice '", name, "' of stem '", stem,
+                    "' must be stored as a 1-D tensor, not ", shape_str(t->second.shape()));
+      std::optional<int64_t> total = checked_numel(slice.global_shape);
+      BVLLM_REQUIRE(total.has_value(), dir, ": slice '", name, "' of stem '", stem, "' has global shape ",
+                    shape_str(slice.global_shape));
+      BVLLM_REQUIRE(slice.flat_start >= 0 && slice.flat_start <= *total - t->second.numel(), dir, ": slice '", name,
+                    "' of stem '", stem, "' holds flat elements [", slice.flat_start, ", ",
+                    slice.flat_start + t->second.numel(), ") but its global shape ", shape_str(slice.global_shape),
+                    " has ", *total);
     }
   }
-  for (const auto& [name, text] : checkpoint.texts) {
-    write_file_synced(join(tmp, name), text);
-    add_file(name, CheckpointFile::TEXT);
-    stage(name);
+}
+
+// The manifest entries of one tensor: a whole tensor, or a slice of a flattened one.
+void add_tensor_entry(CheckpointManifest& manifest, const std::string& file, const std::string& name, const Tensor& t,
+                      const TensorSlice* slice) {
+  CheckpointTensor* entry = manifest.add_tensors();
+  entry->set_name(name);
+  entry->set_file(file);
+  entry->set_dtype(std::string(safetensors_dtype_name(t.dtype())));
+  if (slice != nullptr) {
+    for (int64_t d : slice->global_shape) entry->add_shape(d);
+    entry->mutable_flat()->set_start(slice->flat_start);
+    entry->mutable_flat()->set_size(t.numel());
+    return;
   }
-  std::string text;
-  CHECK(pb::TextFormat::PrintToString(manifest, &text));
-  write_file_synced(join(tmp, kManifest),
-                    "# bvllm checkpoint manifest: parallel/checkpoint.proto CheckpointManifest\n" + text);
-  sync_dir(tmp.string());
-  stage(kManifest);
+  for (int64_t d : t.shape()) {
+    entry->add_shape(d);
+    entry->add_slice_start(0);
+    entry->add_slice_size(d);
+  }
+}
+
+// The oldest version that can say what `manifest` says (parallel/checkpoint.proto).
+int needed_format_version(const CheckpointManifest& manifest) {
+  for (const CheckpointTensor& t : manifest.tensors()) {
+    if (t.has_flat()) return 2;
+  }
+  return 1;
 }
 
 // Renames the complete directory `tmp` to `final_dir`. When `final_dir` exists, the two are
@@ -294,21 +370,147 @@ std::string checkpoint_dir_name(int64_t step) {
 
 std::string save_checkpoint(const std::string& dir, const Checkpoint& checkpoint,
                             const CheckpointSaveOptions& options) {
-  BVLLM_REQUIRE(checkpoint.step >= 0, dir, ": checkpoint step ", checkpoint.step, " is negative");
   BVLLM_REQUIRE(options.keep_last >= 0, dir, ": keep_last ", options.keep_last, " is negative");
-  check_names(dir, checkpoint);
+  check_part(dir, checkpoint);  // before the directory is touched
+  prepare_checkpoint_dir(dir, checkpoint.step);
+  CheckpointPart part;
+  {
+    DirGuard tmp_guard(tmp_step_dir(dir, checkpoint.step));  // a failed write leaves nothing behind
+    part = write_checkpoint_part(dir, checkpoint, options);
+    tmp_guard.release();
+  }
+  return commit_checkpoint(dir, checkpoint.step, {part}, options);
+}
+
+std::string CheckpointPart::serialize() const { return manifest.SerializeAsString(); }
+
+CheckpointPart CheckpointPart::parse(const std::string& bytes, const std::string& source) {
+  CheckpointPart part;
+  BVLLM_REQUIRE(part.manifest.ParseFromString(bytes), source, ": ", bytes.size(),
+                " bytes that are not a serialized CheckpointManifest");
+  return part;
+}
+
+std::string prepare_checkpoint_dir(const std::string& dir, int64_t step) {
+  BVLLM_REQUIRE(step >= 0, dir, ": checkpoint step ", step, " is negative");
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) fail(dir, "cannot create directory: ", ec.message());
   remove_leftovers(dir);
-
-  const std::string name = checkpoint_dir_name(checkpoint.step);
-  const fs::path root(dir);
-  const fs::path tmp = root / str_cat(kTmpPrefix, name, "-", ::getpid());
-  DirGuard tmp_guard(tmp);  // a failed save leaves no half-written directory behind
+  const fs::path tmp = tmp_step_dir(dir, step);
+  // Writers must find it empty: files of a crashed save of the same step would pass for theirs.
+  if (fs::exists(tmp, ec)) fail(tmp.string(), "a leftover of an earlier save that cannot be removed");
   if (!fs::create_directory(tmp, ec) || ec) fail(tmp.string(), "cannot create directory: ", ec.message());
-  write_step(tmp, checkpoint, options);
+  sync_dir(dir);
+  return tmp.string();
+}
 
+CheckpointPart write_checkpoint_part(const std::string& dir, const Checkpoint& part,
+                                     const CheckpointSaveOptions& options) {
+  check_part(dir, part);
+  const fs::path tmp = tmp_step_dir(dir, part.step);
+  std::error_code ec;
+  if (!fs::is_directory(tmp, ec)) {
+    fail(tmp.string(), "missing: prepare_checkpoint_dir(", dir, ", ", part.step,
+         ") must run (on one rank) before any part is written");
+  }
+  auto stage = [&](const std::string& name) {
+    if (options.on_stage) options.on_stage("wrote " + name);
+  };
+  CheckpointPart out;
+  CheckpointManifest& manifest = out.manifest;
+  manifest.set_step(part.step);
+  auto add_file = [&](const std::string& name, CheckpointFile::Kind kind) {
+    const std::string path = join(tmp, name);
+    std::error_code size_ec;
+    uint64_t size = fs::file_size(path, size_ec);
+    if (size_ec) fail(path, "cannot stat what was just written: ", size_ec.message());
+    CheckpointFile* file = manifest.add_files();
+    file->set_name(name);
+    file->set_kind(kind);
+    file->set_bytes(size);
+  };
+  // Another writer with the same file name would overwrite it (or be overwritten): the commit
+  // finds every such clash from the parts; this finds the ones already on disk, early.
+  auto require_new = [&](const std::string& name) {
+    if (fs::exists(tmp / name, ec)) fail(join(tmp, name), "already written by another part of this save");
+  };
+  const std::map<std::string, TensorSlice> no_slices;
+  for (const auto& [stem, tensors] : part.tensors) {
+    const std::string name = stem + kTensorsSuffix;
+    require_new(name);
+    save_safetensors(join(tmp, name), tensors);  // fsyncs the file and renames it into tmp
+    add_file(name, CheckpointFile::TENSORS);
+    stage(name);
+    auto slices = part.slices.find(stem);
+    const std::map<std::string, TensorSlice>& stem_slices = slices == part.slices.end() ? no_slices : slices->second;
+    for (const auto& [tensor_name, t] : tensors) {
+      auto slice = stem_slices.find(tensor_name);
+      add_tensor_entry(manifest, name, tensor_name, t, slice == stem_slices.end() ? nullptr : &slice->second);
+    }
+  }
+  for (const auto& [name, text] : part.texts) {
+    require_new(name);
+    write_file_synced(join(tmp, name), text);
+    add_file(name, CheckpointFile::TEXT);
+    stage(name);
+  }
+  sync_dir(tmp.string());
+  manifest.set_format_version(needed_format_version(manifest));
+  return out;
+}
+
+std::string commit_checkpoint(const std::string& dir, int64_t step, const std::vector<CheckpointPart>& parts,
+                              const CheckpointSaveOptions& options) {
+  BVLLM_REQUIRE(step >= 0, dir, ": checkpoint step ", step, " is negative");
+  BVLLM_REQUIRE(options.keep_last >= 0, dir, ": keep_last ", options.keep_last, " is negative");
+  const fs::path root(dir);
+  const fs::path tmp = tmp_step_dir(dir, step);
+  std::error_code ec;
+  if (!fs::is_directory(tmp, ec)) {
+    fail(tmp.string(), "missing: the parts of step ", step, " were not written (prepare_checkpoint_dir first)");
+  }
+  DirGuard tmp_guard(tmp);  // a failed commit leaves no half-made directory behind
+
+  // One manifest from every part, each part checked on its own first so that errors say which.
+  CheckpointManifest manifest;
+  manifest.set_step(step);
+  std::map<std::string, size_t> writer;  // file name -> the part that wrote it
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const CheckpointManifest& part = parts[i].manifest;
+    BVLLM_REQUIRE(part.step() == step, tmp.string(), ": part ", i, " is of step ", part.step(), ", expected ", step);
+    std::set<std::string> own;
+    for (const CheckpointFile& file : part.files()) {
+      auto [at, added] = writer.emplace(file.name(), i);
+      BVLLM_REQUIRE(added, tmp.string(), ": file ", file.name(), " is written by parts ", at->second, " and ", i,
+                    " (file names must differ between writers)");
+      own.insert(file.name());
+      *manifest.add_files() = file;
+    }
+    for (const CheckpointTensor& t : part.tensors()) {
+      BVLLM_REQUIRE(own.count(t.file()), tmp.string(), ": part ", i, " lists tensor '", t.name(), "' in ", t.file(),
+                    ", a file it did not write");
+      *manifest.add_tensors() = t;
+    }
+  }
+  manifest.set_format_version(needed_format_version(manifest));
+  const std::string manifest_path = join(tmp, kManifest);
+  check_manifest(manifest_path, manifest);
+  check_file_sizes(tmp, manifest);
+  for (const auto& entry : fs::directory_iterator(tmp)) {
+    const std::string name = entry.path().filename().string();
+    BVLLM_REQUIRE(writer.count(name), entry.path().string(), ": in the directory but in no part (", parts.size(),
+                  " parts)");
+  }
+
+  std::string text;
+  CHECK(pb::TextFormat::PrintToString(manifest, &text));
+  write_file_synced(manifest_path,
+                    "# bvllm checkpoint manifest: parallel/checkpoint.proto CheckpointManifest\n" + text);
+  sync_dir(tmp.string());
+  if (options.on_stage) options.on_stage(str_cat("wrote ", kManifest));
+
+  const std::string name = checkpoint_dir_name(step);
   const fs::path final_dir = root / name;
   std::optional<fs::path> replaced = install(root, tmp, final_dir);
   if (!replaced) tmp_guard.release();  // else the guard now deletes the replaced directory
@@ -325,7 +527,7 @@ std::string save_checkpoint(const std::string& dir, const Checkpoint& checkpoint
   if (options.on_stage) options.on_stage("latest");
 
   if (replaced && *replaced != tmp) fs::remove_all(*replaced, ec);  // moved aside (no exchange)
-  if (options.keep_last > 0) prune(dir, checkpoint.step, options.keep_last);
+  if (options.keep_last > 0) prune(dir, step, options.keep_last);
   tmp_guard.reset();  // the directory this save replaced, if any, goes now
   if (options.on_stage) options.on_stage("done");
   return final_dir.string();
@@ -342,44 +544,7 @@ CheckpointManifest read_checkpoint_manifest(const std::string& step_dir) {
   if (!parser.ParseFromString(read_file(path), &manifest)) {
     throw Error(errors.message().empty() ? str_cat(path, ": not a CheckpointManifest") : errors.message());
   }
-  BVLLM_REQUIRE(manifest.format_version() == kCheckpointFormatVersion, path, ": format_version is ",
-                manifest.format_version(), ", expected ", kCheckpointFormatVersion);
-  BVLLM_REQUIRE(manifest.step() >= 0, path, ": step ", manifest.step(), " is negative");
-
-  std::map<std::string, CheckpointFile::Kind> kinds;
-  for (const CheckpointFile& file : manifest.files()) {
-    BVLLM_REQUIRE(is_plain_name(file.name()) && file.name() != kManifest, path, ": files.name '", file.name(),
-                  "' is not a plain file name of the step directory");
-    BVLLM_REQUIRE(file.kind() == CheckpointFile::TENSORS || file.kind() == CheckpointFile::TEXT, path,
-                  ": files.kind of ", file.name(), " is ", CheckpointFile::Kind_Name(file.kind()),
-                  ", expected TENSORS or TEXT");
-    BVLLM_REQUIRE(file.kind() != CheckpointFile::TENSORS || file.name().ends_with(kTensorsSuffix), path,
-                  ": files.name '", file.name(), "' of kind TENSORS does not end with ", kTensorsSuffix);
-    BVLLM_REQUIRE(kinds.emplace(file.name(), file.kind()).second, path, ": files.name '", file.name(),
-                  "' appears twice");
-  }
-  std::set<std::pair<std::string, std::string>> seen;
-  for (const CheckpointTensor& t : manifest.tensors()) {
-    auto kind = kinds.find(t.file());
-    BVLLM_REQUIRE(kind != kinds.end() && kind->second == CheckpointFile::TENSORS, path, ": tensors.file '", t.file(),
-                  "' of tensor '", t.name(), "' is not a TENSORS entry of files");
-    BVLLM_REQUIRE(seen.emplace(t.file(), t.name()).second, path, ": tensor '", t.name(), "' appears twice in ",
-                  t.file());
-    BVLLM_REQUIRE(dtype_from_safetensors(t.dtype()).has_value(), path, ": tensors.dtype of '", t.name(), "' is '",
-                  t.dtype(), "', not a dtype bvllm has");
-    BVLLM_REQUIRE(std::all_of(t.shape().begin(), t.shape().end(), [](int64_t d) { return d >= 0; }), path,
-                  ": tensors.shape of '", t.name(), "' is ", shape_text(t.shape()));
-    BVLLM_REQUIRE(t.slice_start_size() == t.shape_size() && t.slice_size_size() == t.shape_size(), path, ": tensor '",
-                  t.name(), "' has slice_start ", shape_text(t.slice_start()), " and slice_size ",
-                  shape_text(t.slice_size()), " for shape ", shape_text(t.shape()), " (one per dim expected)");
-    for (int d = 0; d < t.shape_size(); ++d) {
-      // Today every file holds whole tensors; assembling slices comes with sharded saves.
-      BVLLM_REQUIRE(t.slice_start(d) == 0 && t.slice_size(d) == t.shape(d), path, ": tensor '", t.name(),
-                    "' is a slice (slice_start ", shape_text(t.slice_start()), ", slice_size ",
-                    shape_text(t.slice_size()), " of ", shape_text(t.shape()),
-                    "); loading sliced checkpoints is not supported yet");
-    }
-  }
+  check_manifest(path, manifest);
   return manifest;
 }
 
@@ -419,14 +584,24 @@ Checkpoint load_checkpoint(const std::string& path) {
     const std::vector<const CheckpointTensor*>& expected = by_file[file.name()];
     std::set<std::string> listed;
     NamedTensors tensors;
+    std::map<std::string, TensorSlice> slices;
     for (const CheckpointTensor* t : expected) {
       listed.insert(t->name());
       BVLLM_REQUIRE(st.has(t->name()), file_path, ": tensor '", t->name(), "' missing (", kManifest, " lists it)");
       const SafetensorsInfo& info = st.info(t->name());
       BVLLM_REQUIRE(info.dtype_name == t->dtype(), file_path, ": tensor '", t->name(), "' has dtype ", info.dtype_name,
                     " but ", kManifest, " says ", t->dtype());
-      BVLLM_REQUIRE(info.shape == Shape(t->shape().begin(), t->shape().end()), file_path, ": tensor '", t->name(),
-                    "' has shape ", shape_str(info.shape), " but ", kManifest, " says ", shape_text(t->shape()));
+      const Shape global(t->shape().begin(), t->shape().end());
+      if (t->has_flat()) {
+        BVLLM_REQUIRE(info.shape == Shape{t->flat().size()}, file_path, ": tensor '", t->name(), "' has shape ",
+                      shape_str(info.shape), " but ", kManifest, " says it is the flat slice [", t->flat().start(),
+                      ", ", t->flat().start() + t->flat().size(), ") of ", shape_str(global), ", stored as [",
+                      t->flat().size(), "]");
+        slices[t->name()] = TensorSlice{.global_shape = global, .flat_start = t->flat().start()};
+      } else {
+        BVLLM_REQUIRE(info.shape == global, file_path, ": tensor '", t->name(), "' has shape ", shape_str(info.shape),
+                      " but ", kManifest, " says ", shape_str(global));
+      }
       tensors.emplace_back(t->name(), st.tensor(t->name()));
     }
     for (const std::string& name : st.names()) {
@@ -434,8 +609,105 @@ Checkpoint load_checkpoint(const std::string& path) {
     }
     const std::string stem = file.name().substr(0, file.name().size() - std::strlen(kTensorsSuffix));
     checkpoint.tensors[stem] = std::move(tensors);
+    if (!slices.empty()) checkpoint.slices[stem] = std::move(slices);
   }
   return checkpoint;
+}
+
+namespace {
+
+// One stem's copy of (part of) a flattened global tensor: elements [begin, end) of it.
+struct Holder {
+  int64_t begin = 0;
+  int64_t end = 0;
+  const std::string* stem = nullptr;
+  const Tensor* tensor = nullptr;
+  Shape global_shape;
+};
+
+std::vector<Holder> holders_of(const Checkpoint& checkpoint, const std::string& name) {
+  std::vector<Holder> out;
+  for (const auto& [stem, tensors] : checkpoint.tensors) {
+    auto stem_slices = checkpoint.slices.find(stem);
+    for (const auto& [tensor_name, t] : tensors) {
+      if (tensor_name != name) continue;
+      const TensorSlice* slice = nullptr;
+      if (stem_slices != checkpoint.slices.end()) {
+        auto it = stem_slices->second.find(name);
+        if (it != stem_slices->second.end()) slice = &it->second;
+      }
+      const int64_t begin = slice != nullptr ? slice->flat_start : 0;
+      out.push_back(Holder{.begin = begin,
+                           .end = begin + t.numel(),
+                           .stem = &stem,
+                           .tensor = &t,
+                           .global_shape = slice != nullptr ? slice->global_shape : t.shape()});
+    }
+  }
+  return out;
+}
+
+std::string holder_text(const Holder& h) {
+  return str_cat("[", h.begin, ", ", h.end, ") in ", *h.stem, kTensorsSuffix);
+}
+
+}  // namespace
+
+Tensor assemble_flat_range(const Checkpoint& checkpoint, const std::string& name, int64_t start, int64_t length,
+                           DType dtype) {
+  const std::string what = str_cat("checkpoint step ", checkpoint.step, ": tensor '", name, "'");
+  std::vector<Holder> holders = holders_of(checkpoint, name);
+  BVLLM_REQUIRE(!holders.empty(), what, " is in no file of the checkpoint");
+  const Shape& shape = holders.front().global_shape;
+  for (const Holder& h : holders) {
+    BVLLM_REQUIRE(h.global_shape == shape, what, " has global shape ", shape_str(shape), " in ", *holders.front().stem,
+                  kTensorsSuffix, " but ", shape_str(h.global_shape), " in ", *h.stem, kTensorsSuffix);
+  }
+  const int64_t total = numel(shape);
+  BVLLM_REQUIRE(start >= 0 && length >= 0 && start <= total && length <= total - start, what, ": elements [", start,
+                ", ", start + length, ") asked for, but its global shape ", shape_str(shape), " has ", total);
+  const int64_t end = start + length;
+
+  // The holders that meet [start, end), by where they begin: no two may overlap in it, and
+  // together they must cover it.
+  std::erase_if(holders, [&](const Holder& h) { return h.end <= start || h.begin >= end || h.begin == h.end; });
+  std::sort(holders.begin(), holders.end(), [](const Holder& a, const Holder& b) { return a.begin < b.begin; });
+  std::vector<std::string> missing;
+  int64_t at = start;            // everything before it is covered
+  const Holder* last = nullptr;  // the holder that reaches furthest so far
+  for (const Holder& h : holders) {
+    if (last != nullptr && h.begin < last->end) {
+      throw Error(str_cat(what, ": elements ", holder_text(*last), " and ", holder_text(h),
+                          " overlap (which one to take is ambiguous)"));
+    }
+    if (h.begin > at) missing.push_back(str_cat("[", at, ", ", h.begin, ")"));
+    at = std::max(at, h.end);
+    if (last == nullptr || h.end > last->end) last = &h;
+  }
+  if (at < end) missing.push_back(str_cat("[", at, ", ", end, ")"));
+  if (!missing.empty()) {
+    std::string held;
+    for (const Holder& h : holders_of(checkpoint, name)) held += str_cat(held.empty() ? "" : ", ", holder_text(h));
+    std::string gaps;
+    for (const std::string& m : missing) gaps += str_cat(gaps.empty() ? "" : ", ", m);
+    throw Error(str_cat(what, ": elements ", gaps, " of the asked [", start, ", ", end,
+                        ") are in no file of the checkpoint (held: ", held, ")"));
+  }
+
+  Tensor out = Tensor::empty({length}, dtype);
+  for (const Holder& h : holders) {
+    const Tensor flat = h.tensor->reshape({h.tensor->numel()});
+    const int64_t lo = std::max(start, h.begin);
+    const int64_t hi = std::min(end, h.end);
+    out.narrow(0, lo - start, hi - lo).copy_(flat.narrow(0, lo - h.begin, hi - lo));
+  }
+  return out;
+}
+
+std::optional<Shape> find_global_shape(const Checkpoint& checkpoint, const std::string& name) {
+  std::vector<Holder> holders = holders_of(checkpoint, name);
+  if (holders.empty()) return std::nullopt;
+  return holders.front().global_shape;
 }
 
 std::optional<std::string> latest_checkpoint(const std::string& dir) {

@@ -2,7 +2,10 @@
 // files, latest and keep_last, leftovers and damaged steps (a step without manifest, a truncated
 // or replaced safetensors, a bad latest pointer), load errors that name the file and the tensor or
 // field, overwriting a step, and a saver killed at random moments (SIGKILL) that never leaves
-// `latest` naming anything but a complete checkpoint of the right contents.
+// `latest` naming anything but a complete checkpoint of the right contents. Then saves by many
+// writers (simulated ranks in one process, and forked processes): ZeRO-like flat slices back
+// bitwise, re-partitioned to another dp by assemble_flat_range, a crash before the commit, clashing
+// or stray files, slices that do not fit their global shape, and version-1 manifests.
 #include "parallel/checkpoint.h"
 
 #include <google/protobuf/text_format.h>
@@ -178,7 +181,7 @@ TEST_F(CheckpointDir, ManifestListsEveryFileWithItsSizeAndEveryTensorWhole) {
   save_checkpoint(dir(), make_checkpoint(3));
   const std::string step_dir = step_path(3);
   CheckpointManifest m = read_checkpoint_manifest(step_dir);
-  EXPECT_EQ(m.format_version(), kCheckpointFormatVersion);
+  EXPECT_EQ(m.format_version(), 1);  // whole tensors only: what version-1 readers load
   EXPECT_EQ(m.step(), 3);
 
   std::set<std::string> names;
@@ -383,10 +386,13 @@ TEST_F(CheckpointDir, ManifestErrorsNameTheFieldOrPosition) {
   EXPECT_TRUE(has(e, "bogus_field"));
 
   write_raw(manifest, good);
-  edit_manifest(step_dir, [](CheckpointManifest& m) { m.set_format_version(2); });
+  edit_manifest(step_dir, [](CheckpointManifest& m) { m.set_format_version(3); });
   e = error_of([&] { load_checkpoint(step_dir); });
   EXPECT_TRUE(has(e, manifest));
-  EXPECT_TRUE(has(e, "format_version is 2, expected 1"));
+  EXPECT_TRUE(has(e, "format_version is 3, expected 1 to 2"));
+  write_raw(manifest, good);
+  edit_manifest(step_dir, [](CheckpointManifest& m) { m.set_format_version(0); });
+  EXPECT_TRUE(has(error_of([&] { load_checkpoint(step_dir); }), "format_version is 0"));
 
   write_raw(manifest, good);
   edit_manifest(step_dir, [](CheckpointManifest& m) { m.set_step(3); });
@@ -632,6 +638,552 @@ TEST_F(CheckpointDir, SaverKilledAtAnyMomentLeavesLatestNamingACompleteCheckpoin
   EXPECT_GT(kills_mid_save, 0);
   save_checkpoint(dir(), make_checkpoint(verified + 1));
   EXPECT_TRUE(entries_with_prefix(dir_, ".tmp-").empty());
+}
+
+// --- saves by many writers --------------------------------------------------------------------------
+
+// A ZeRO-like layout (the optimizer's real one is its own): the parameters flattened in order into
+// one buffer padded to a multiple of dp, rank r owning [r * n / dp, (r + 1) * n / dp) of it, that
+// is, of each parameter the part of that range that falls on it. With dp 3 the rank boundaries
+// fall inside parameters and the last rank holds padding.
+struct Param {
+  std::string name;
+  Shape shape;
+};
+const std::vector<Param>& params() {
+  static const std::vector<Param> p = {
+      {"model.a.weight", {3, 5}}, {"model.b.bias", {7}}, {"model.c.weight", {2, 2, 3}}, {"model.d.scale", {1}}};
+  return p;
+}
+
+// The range of one parameter's flattening that a rank owns.
+struct Owned {
+  std::string param;
+  Shape shape;
+  int64_t begin = 0;
+  int64_t end = 0;
+};
+
+std::vector<Owned> owned_by(int rank, int dp) {
+  int64_t total = 0;
+  for (const Param& p : params()) total += numel(p.shape);
+  const int64_t padded = (total + dp - 1) / dp * dp;
+  const int64_t lo = rank * padded / dp;
+  const int64_t hi = (rank + 1) * padded / dp;
+  std::vector<Owned> out;
+  int64_t offset = 0;
+  for (const Param& p : params()) {
+    const int64_t b = std::max(lo, offset);
+    const int64_t e = std::min(hi, offset + numel(p.shape));
+    if (b < e) out.push_back({p.name, p.shape, b - offset, e - offset});
+    offset += numel(p.shape);
+  }
+  return out;
+}
+
+// The optimizer states the tests shard, by name suffix, with their dtype.
+const std::vector<std::pair<std::string, DType>> kStates = {{".exp_avg", DType::F32}, {".exp_avg_sq", DType::BF16}};
+
+// Every parameter and state whole, with values that differ everywhere (and a negative zero and a
+// subnormal, which a conversion would lose).
+std::map<std::string, Tensor> full_state(uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  auto values = [&](const Shape& shape) {
+    std::vector<float> v(static_cast<size_t>(numel(shape)));
+    for (float& x : v) x = normal(rng);
+    v[0] = -0.0f;
+    if (v.size() > 2) v[2] = 1e-40f;
+    return Tensor::from<float>(v, shape);
+  };
+  std::map<std::string, Tensor> out;
+  for (const Param& p : params()) {
+    out[p.name] = values(p.shape);
+    for (const auto& [suffix, dtype] : kStates) out[p.name + suffix] = values(p.shape).to(dtype);
+  }
+  return out;
+}
+
+std::string rank_stem(int rank) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "optimizer-rank%05d", rank);
+  return buf;
+}
+
+// What rank `rank` of `dp` writes: its slices of every state, rank 0 also the whole model and the
+// trainer state, every rank a text of its own.
+Checkpoint rank_part(int rank, int dp, int64_t step, const std::map<std::string, Tensor>& full) {
+  Checkpoint c;
+  c.step = step;
+  const std::string stem = rank_stem(rank);
+  NamedTensors& tensors = c.tensors[stem];
+  for (const Owned& o : owned_by(rank, dp)) {
+    for (const auto& [suffix, dtype] : kStates) {
+      const std::string name = o.param + suffix;
+      tensors.emplace_back(name, full.at(name).reshape({-1}).narrow(0, o.begin, o.end - o.begin));
+      c.slices[stem][name] = TensorSlice{.global_shape = o.shape, .flat_start = o.begin};
+    }
+  }
+  if (rank == 0) {
+    NamedTensors& model = c.tensors["model"];
+    for (const Param& p : params()) model.emplace_back(p.name, full.at(p.name));
+    c.texts["trainer.json"] = str_cat("{\"step\": ", step, "}");
+  }
+  c.texts[str_cat("rng-rank", rank, ".json")] = str_cat("{\"rank\": ", rank, ", \"step\": ", step, "}");
+  return c;
+}
+
+// Saves `step` as `dp` ranks would, one after another in this process: rank 0 prepares, every
+// rank writes its part, the parts travel to rank 0 as bytes, rank 0 commits.
+std::string save_as_ranks(const std::string& dir, int dp, int64_t step, const std::map<std::string, Tensor>& full,
+                          const CheckpointSaveOptions& options = {}) {
+  prepare_checkpoint_dir(dir, step);
+  std::vector<CheckpointPart> parts;
+  for (int r = 0; r < dp; ++r) {
+    const CheckpointPart part = write_checkpoint_part(dir, rank_part(r, dp, step, full));
+    parts.push_back(CheckpointPart::parse(part.serialize()));
+  }
+  return commit_checkpoint(dir, step, parts, options);
+}
+
+// `back` holds exactly what the ranks' parts held: every stem's tensors (names, order, dtype,
+// shape, bytes), slices and texts.
+void expect_parts_back(const Checkpoint& back, int dp, int64_t step, const std::map<std::string, Tensor>& full) {
+  EXPECT_EQ(back.step, step);
+  std::set<std::string> stems;
+  std::map<std::string, std::string> texts;
+  for (int r = 0; r < dp; ++r) {
+    SCOPED_TRACE(str_cat("rank ", r));
+    const Checkpoint part = rank_part(r, dp, step, full);
+    texts.insert(part.texts.begin(), part.texts.end());
+    for (const auto& [stem, expected] : part.tensors) {
+      SCOPED_TRACE(stem);
+      stems.insert(stem);
+      ASSERT_TRUE(back.tensors.count(stem));
+      const NamedTensors& got = back.tensors.at(stem);
+      ASSERT_EQ(got.size(), expected.size());
+      for (size_t i = 0; i < got.size(); ++i) {
+        SCOPED_TRACE(expected[i].first);
+        EXPECT_EQ(got[i].first, expected[i].first);
+        EXPECT_EQ(got[i].second.dtype(), expected[i].second.dtype());
+        EXPECT_EQ(got[i].second.shape(), expected[i].second.shape());
+        EXPECT_EQ(tensor_bytes(got[i].second), tensor_bytes(expected[i].second));
+      }
+      auto slices = part.slices.find(stem);
+      if (slices == part.slices.end()) {
+        EXPECT_EQ(back.slices.count(stem), 0u);
+      } else {
+        ASSERT_TRUE(back.slices.count(stem));
+        EXPECT_EQ(back.slices.at(stem), slices->second);
+      }
+    }
+  }
+  EXPECT_EQ(back.tensors.size(), stems.size());
+  EXPECT_EQ(back.texts, texts);
+}
+
+TEST_F(CheckpointDir, ThreeRanksWritePartsOneCommitsEverySliceComesBackBitwise) {
+  const auto full = full_state(1);
+  save_checkpoint(dir(), make_checkpoint(4));
+  std::vector<std::string> stages;
+  CheckpointSaveOptions recording;
+  recording.on_stage = [&](const std::string& s) { stages.push_back(s); };
+  EXPECT_EQ(save_as_ranks(dir(), 3, 5, full, recording), step_path(5));
+  EXPECT_EQ(stages, (std::vector<std::string>{"wrote manifest.pb", "directory", "latest", "done"}));
+  EXPECT_EQ(read_raw((dir_ / "latest").string()), "step-00000005\n");
+  EXPECT_TRUE(entries_with_prefix(dir_, ".tmp-").empty());
+  EXPECT_EQ(entries_with_prefix(step_path(5), ""),
+            (std::vector<std::string>{"manifest.pb", "model.safetensors", "optimizer-rank00000.safetensors",
+                                      "optimizer-rank00001.safetensors", "optimizer-rank00002.safetensors",
+                                      "rng-rank0.json", "rng-rank1.json", "rng-rank2.json", "trainer.json"}));
+
+  // The manifest: version 2, every part's files in the order of the parts, slices as flat ranges
+  // of their global shape.
+  const CheckpointManifest m = read_checkpoint_manifest(step_path(5));
+  EXPECT_EQ(m.format_version(), 2);
+  std::vector<std::string> files;
+  for (const CheckpointFile& f : m.files()) files.push_back(f.name());
+  EXPECT_EQ(files, (std::vector<std::string>{"model.safetensors", "optimizer-rank00000.safetensors", "rng-rank0.json",
+                                             "trainer.json", "optimizer-rank00001.safetensors", "rng-rank1.json",
+                                             "optimizer-rank00002.safetensors", "rng-rank2.json"}));
+  // Rank 1 owns buffer elements [12, 24): the last 3 of a.weight (15), b.bias, 2 of c.weight.
+  const CheckpointTensor* a = nullptr;
+  for (const CheckpointTensor& t : m.tensors()) {
+    if (t.name() == "model.a.weight.exp_avg" && t.file() == "optimizer-rank00001.safetensors") a = &t;
+  }
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(std::vector<int64_t>(a->shape().begin(), a->shape().end()), (std::vector<int64_t>{3, 5}));
+  EXPECT_TRUE(a->has_flat());
+  EXPECT_EQ(a->flat().start(), 12);
+  EXPECT_EQ(a->flat().size(), 3);
+  EXPECT_TRUE(a->slice_start().empty());
+  EXPECT_EQ(load_safetensors(step_path(5) + "/optimizer-rank00001.safetensors").at("model.a.weight.exp_avg").shape(),
+            (Shape{3}));
+
+  for (const std::string& from : {dir(), step_path(5)}) {
+    SCOPED_TRACE(from);
+    expect_parts_back(load_checkpoint(from), 3, 5, full);
+  }
+  EXPECT_EQ(list_checkpoints(dir()), (std::vector<std::string>{step_path(4), step_path(5)}));
+}
+
+TEST_F(CheckpointDir, PartsWrittenByConcurrentProcesses) {
+  // Three processes write their parts at the same time into the prepared directory and hand the
+  // bytes back (as a gather would); the parent commits.
+  const auto full = full_state(2);
+  const fs::path scratch = dir_ / "scratch";
+  fs::create_directories(scratch);
+  const std::string ckpt_dir = (dir_ / "ckpt").string();
+  prepare_checkpoint_dir(ckpt_dir, 7);
+  std::vector<pid_t> children;
+  for (int r = 0; r < 3; ++r) {
+    pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      try {
+        const CheckpointPart part = write_checkpoint_part(ckpt_dir, rank_part(r, 3, 7, full));
+        std::ofstream out(scratch / str_cat("part-", r), std::ios::binary);
+        out << part.serialize();
+        out.close();
+        ::_exit(out.good() ? 0 : 4);
+      } catch (...) {
+        ::_exit(3);
+      }
+    }
+    children.push_back(child);
+  }
+  for (pid_t child : children) {
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  }
+  std::vector<CheckpointPart> parts;
+  for (int r = 0; r < 3; ++r) {
+    parts.push_back(CheckpointPart::parse(read_raw((scratch / str_cat("part-", r)).string()), str_cat("rank ", r)));
+  }
+  commit_checkpoint(ckpt_dir, 7, parts);
+  expect_parts_back(load_checkpoint(ckpt_dir), 3, 7, full);
+}
+
+TEST_F(CheckpointDir, AssembleFlatRangeRepartitionsToAnotherDp) {
+  const auto full = full_state(3);
+  save_as_ranks(dir(), 3, 5, full);
+  const Checkpoint back = load_checkpoint(dir());
+
+  for (const Param& p : params()) {
+    for (const auto& [suffix, dtype] : kStates) {
+      const std::string name = p.name + suffix;
+      SCOPED_TRACE(name);
+      const Tensor original = full.at(name);
+      const int64_t n = original.numel();
+      EXPECT_EQ(find_global_shape(back, name), p.shape);
+      // k nearly equal ranges, concatenated: the original flattened tensor, bit for bit.
+      for (int64_t k : {1, 2, 4}) {
+        SCOPED_TRACE(str_cat(k, " ranges"));
+        std::string joined;
+        for (int64_t i = 0; i < k; ++i) {
+          const int64_t lo = i * n / k;
+          const int64_t hi = (i + 1) * n / k;
+          Tensor got = assemble_flat_range(back, name, lo, hi - lo, dtype);
+          EXPECT_EQ(got.shape(), (Shape{hi - lo}));
+          EXPECT_EQ(got.dtype(), dtype);
+          joined += tensor_bytes(got);
+        }
+        EXPECT_EQ(joined, tensor_bytes(original));
+      }
+      // The ranges a dp-2 and a dp-4 run's ranks own of it.
+      for (int dp : {2, 4}) {
+        for (int r = 0; r < dp; ++r) {
+          for (const Owned& o : owned_by(r, dp)) {
+            if (o.param != p.name) continue;
+            SCOPED_TRACE(str_cat("dp ", dp, " rank ", r));
+            EXPECT_EQ(tensor_bytes(assemble_flat_range(back, name, o.begin, o.end - o.begin, dtype)),
+                      tensor_bytes(original.reshape({-1}).narrow(0, o.begin, o.end - o.begin)));
+          }
+        }
+      }
+    }
+    // Whole tensors assemble too (the model's, from one stem), and from the in-memory parts alike.
+    EXPECT_EQ(tensor_bytes(assemble_flat_range(back, p.name, 0, numel(p.shape), DType::F32)),
+              tensor_bytes(full.at(p.name)));
+  }
+  Checkpoint in_memory = rank_part(1, 3, 5, full);
+  EXPECT_EQ(assemble_flat_range(in_memory, "model.a.weight.exp_avg", 13, 2, DType::F32).to_vector<float>(),
+            full.at("model.a.weight.exp_avg").reshape({-1}).narrow(0, 13, 2).to_vector<float>());
+  EXPECT_EQ(assemble_flat_range(back, "model.b.bias.exp_avg", 3, 0, DType::F32).numel(), 0);
+  EXPECT_EQ(find_global_shape(back, "model.nope"), std::nullopt);
+}
+
+TEST_F(CheckpointDir, AssembleFlatRangeErrorsNameTheTensorAndTheRange) {
+  const auto full = full_state(4);
+  save_as_ranks(dir(), 3, 5, full);
+  const Checkpoint back = load_checkpoint(dir());
+
+  // Without rank 1's file, what it held of a.weight is missing: [12, 15) by the dp-3 layout.
+  const std::vector<Owned> rank1 = owned_by(1, 3);
+  ASSERT_EQ(rank1.front().param, "model.a.weight");
+  const std::string gap = str_cat("[", rank1.front().begin, ", ", rank1.front().end, ")");
+  EXPECT_EQ(gap, "[12, 15)");
+  Checkpoint without = back;
+  without.tensors.erase(rank_stem(1));
+  std::string e = error_of([&] { assemble_flat_range(without, "model.a.weight.exp_avg", 0, 15, DType::F32); });
+  EXPECT_TRUE(has(e, "tensor 'model.a.weight.exp_avg'"));
+  EXPECT_TRUE(has(e, "elements [12, 15) of the asked [0, 15) are in no file"));
+  EXPECT_TRUE(has(e, "[0, 12) in optimizer-rank00000.safetensors"));
+  e = error_of([&] { assemble_flat_range(without, "model.a.weight.exp_avg", 10, 4, DType::F32); });
+  EXPECT_TRUE(has(e, "elements [12, 14) of the asked [10, 14)"));
+  // b.bias was rank 1's alone; c.weight is missing at its start only.
+  e = error_of([&] { assemble_flat_range(without, "model.b.bias.exp_avg", 0, 7, DType::F32); });
+  EXPECT_TRUE(has(e, "tensor 'model.b.bias.exp_avg' is in no file"));
+  e = error_of([&] { assemble_flat_range(without, "model.c.weight.exp_avg_sq", 0, 12, DType::BF16); });
+  EXPECT_TRUE(has(e, "elements [0, 2) of the asked [0, 12)"));
+  EXPECT_EQ(assemble_flat_range(without, "model.a.weight.exp_avg", 0, 12, DType::F32).numel(), 12);  // rank 0's
+
+  // Two holders of the same elements: which to take is not for the loader to guess.
+  Checkpoint twice = back;
+  twice.tensors["extra"] = {{"model.b.bias.exp_avg", full.at("model.b.bias.exp_avg")}};
+  e = error_of([&] { assemble_flat_range(twice, "model.b.bias.exp_avg", 0, 7, DType::F32); });
+  EXPECT_TRUE(has(e, "overlap"));
+  EXPECT_TRUE(has(e, "extra.safetensors"));
+  EXPECT_TRUE(has(e, "optimizer-rank00001.safetensors"));
+
+  Checkpoint reshaped = back;
+  reshaped.slices.at(rank_stem(2)).at("model.c.weight.exp_avg").global_shape = {12};
+  e = error_of([&] { assemble_flat_range(reshaped, "model.c.weight.exp_avg", 0, 12, DType::F32); });
+  EXPECT_TRUE(has(e, "global shape [2, 2, 3]"));
+  EXPECT_TRUE(has(e, "[12] in optimizer-rank00002.safetensors"));
+
+  e = error_of([&] { assemble_flat_range(back, "model.b.bias.exp_avg", 5, 3, DType::F32); });
+  EXPECT_TRUE(has(e, "elements [5, 8) asked for, but its global shape [7] has 7"));
+  e = error_of([&] { assemble_flat_range(back, "model.b.bias.exp_avg", -1, 2, DType::F32); });
+  EXPECT_TRUE(has(e, "elements [-1, 1) asked for"));
+  e = error_of([&] { assemble_flat_range(back, "model.nope", 0, 1, DType::F32); });
+  EXPECT_TRUE(has(e, "checkpoint step 5: tensor 'model.nope' is in no file"));
+}
+
+TEST_F(CheckpointDir, CrashBeforeCommitLeavesLatestOnThePreviousStep) {
+  const auto full = full_state(5);
+  save_checkpoint(dir(), make_checkpoint(1));
+  // Every rank wrote its part of step 2; the job died before rank 0 committed.
+  const std::string tmp = prepare_checkpoint_dir(dir(), 2);
+  EXPECT_EQ(tmp, (dir_ / ".tmp-step-00000002").string());
+  for (int r = 0; r < 3; ++r) write_checkpoint_part(dir(), rank_part(r, 3, 2, full));
+  EXPECT_EQ(read_raw((dir_ / "latest").string()), "step-00000001\n");
+  EXPECT_EQ(latest_checkpoint(dir()), step_path(1));
+  EXPECT_EQ(list_checkpoints(dir()), std::vector<std::string>{step_path(1)});
+  EXPECT_EQ(first_weight(load_checkpoint(dir())), 1.0f);
+  EXPECT_EQ(entries_with_prefix(dir_, ".tmp-"), std::vector<std::string>{".tmp-step-00000002"});
+  EXPECT_EQ(entries_with_prefix(tmp, "").size(), 8u);
+
+  // The restarted job saves the same step again: prepare empties what the dead one left.
+  prepare_checkpoint_dir(dir(), 2);
+  EXPECT_TRUE(entries_with_prefix(tmp, "").empty());
+  for (int r = 0; r < 2; ++r) write_checkpoint_part(dir(), rank_part(r, 3, 2, full));
+  // ... and dies again; the next save is of another step, and its prepare removes step 2's.
+  prepare_checkpoint_dir(dir(), 3);
+  EXPECT_EQ(entries_with_prefix(dir_, ".tmp-"), std::vector<std::string>{".tmp-step-00000003"});
+  save_as_ranks(dir(), 3, 3, full);
+  EXPECT_TRUE(entries_with_prefix(dir_, ".tmp-").empty());
+  expect_parts_back(load_checkpoint(dir()), 3, 3, full);
+
+  // A part written without a prepared directory, or twice, is refused.
+  std::string e = error_of([&] { write_checkpoint_part(dir(), rank_part(0, 3, 9, full)); });
+  EXPECT_TRUE(has(e, (dir_ / ".tmp-step-00000009").string()));
+  EXPECT_TRUE(has(e, "prepare_checkpoint_dir"));
+  prepare_checkpoint_dir(dir(), 9);
+  write_checkpoint_part(dir(), rank_part(0, 3, 9, full));
+  e = error_of([&] { write_checkpoint_part(dir(), rank_part(0, 3, 9, full)); });
+  EXPECT_TRUE(has(e, (dir_ / ".tmp-step-00000009/model.safetensors").string()));
+  EXPECT_TRUE(has(e, "already written by another part"));
+  EXPECT_EQ(latest_checkpoint(dir()), step_path(3));
+}
+
+TEST_F(CheckpointDir, CommitRefusesClashingStrayAndMissingFiles) {
+  const auto full = full_state(6);
+  save_checkpoint(dir(), make_checkpoint(1));
+  const std::string latest = read_raw((dir_ / "latest").string());
+  auto unchanged = [&] {
+    EXPECT_EQ(read_raw((dir_ / "latest").string()), latest);
+    EXPECT_EQ(entries_with_prefix(dir_, "step-"), std::vector<std::string>{"step-00000001"});
+    EXPECT_TRUE(entries_with_prefix(dir_, ".tmp-").empty());  // the failed commit removed its directory
+  };
+  auto write_all = [&](int64_t step) {
+    prepare_checkpoint_dir(dir(), step);
+    std::vector<CheckpointPart> parts;
+    for (int r = 0; r < 3; ++r) parts.push_back(write_checkpoint_part(dir(), rank_part(r, 3, step, full)));
+    return parts;
+  };
+
+  // Two ranks that wrote the same file (at the same moment, so neither saw the other's).
+  std::vector<CheckpointPart> parts = write_all(2);
+  std::string e = error_of([&] { commit_checkpoint(dir(), 2, {parts[0], parts[1], parts[0]}); });
+  EXPECT_TRUE(has(e, "file model.safetensors is written by parts 0 and 2"));
+  unchanged();
+
+  // A part that was not gathered: its files would be in the directory and in no manifest.
+  parts = write_all(2);
+  e = error_of([&] { commit_checkpoint(dir(), 2, {parts[0], parts[2]}); });
+  EXPECT_TRUE(has(e, (dir_ / ".tmp-step-00000002").string()));
+  EXPECT_TRUE(has(e, "in the directory but in no part (2 parts)"));
+  EXPECT_TRUE(e.find("optimizer-rank00001.safetensors") != std::string::npos ||
+              e.find("rng-rank1.json") != std::string::npos)
+      << e;
+  unchanged();
+
+  // A file a part lists that is not there (or not of its size).
+  parts = write_all(2);
+  fs::remove(dir_ / ".tmp-step-00000002" / "rng-rank1.json");
+  e = error_of([&] { commit_checkpoint(dir(), 2, parts); });
+  EXPECT_TRUE(has(e, (dir_ / ".tmp-step-00000002" / "rng-rank1.json").string()));
+  EXPECT_TRUE(has(e, "missing"));
+  unchanged();
+
+  // A part of another step, and no prepared directory at all.
+  parts = write_all(2);
+  prepare_checkpoint_dir(dir(), 3);
+  e = error_of([&] { commit_checkpoint(dir(), 3, parts); });
+  EXPECT_TRUE(has(e, "part 0 is of step 2, expected 3"));
+  unchanged();
+  e = error_of([&] { commit_checkpoint(dir(), 3, parts); });
+  EXPECT_TRUE(has(e, ".tmp-step-00000003"));
+  EXPECT_TRUE(has(e, "missing"));
+  unchanged();
+
+  e = error_of([&] { CheckpointPart::parse("\xff\xff\xff not a manifest", "part from rank 2"); });
+  EXPECT_TRUE(has(e, "part from rank 2"));
+
+  save_as_ranks(dir(), 3, 2, full);  // all of it, at last
+  expect_parts_back(load_checkpoint(dir()), 3, 2, full);
+}
+
+TEST_F(CheckpointDir, SlicesThatDoNotFitTheirGlobalShapeAreErrorsOnSaveAndLoad) {
+  const auto full = full_state(7);
+  const std::string stem = rank_stem(2);
+  const std::string c_avg = "model.c.weight.exp_avg";  // rank 2 of 3 holds [2, 12) of its 12
+  auto with = [&](auto edit) {
+    Checkpoint c = rank_part(2, 3, 5, full);
+    edit(c);
+    return c;
+  };
+  struct Case {
+    const char* what;
+    Checkpoint checkpoint;
+    std::vector<std::string> expect;
+  };
+  const std::vector<Case> cases = {
+      {"beyond",
+       with([&](Checkpoint& c) { c.slices[stem][c_avg].flat_start = 5; }),
+       {"slice '" + c_avg + "' of stem '" + stem + "'", "[5, 15)", "global shape [2, 2, 3] has 12"}},
+      {"negative start", with([&](Checkpoint& c) { c.slices[stem][c_avg].flat_start = -1; }), {"[-1, 9)"}},
+      {"smaller global shape",
+       with([&](Checkpoint& c) {
+         c.slices[stem][c_avg].global_shape = {2, 3};
+       }),
+       {"[2, 12)", "[2, 3] has 6"}},
+      {"not 1-D",
+       with([&](Checkpoint& c) {
+         c.tensors["model"] = {{"model.a.weight", full.at("model.a.weight")}};
+         c.slices["model"]["model.a.weight"] = {.global_shape = {3, 5}};
+       }),
+       {"slice 'model.a.weight' of stem 'model' must be stored as a 1-D tensor, not [3, 5]"}},
+      {"no such tensor",
+       with([&](Checkpoint& c) { c.slices[stem]["model.x"] = {.global_shape = {1}}; }),
+       {"slice 'model.x' of stem '" + stem + "' is not one of its tensors"}},
+      {"no such stem",
+       with([&](Checkpoint& c) { c.slices["ghost"]["x"] = {.global_shape = {1}}; }),
+       {"slices of stem 'ghost', which has no tensors"}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    std::string e = error_of([&] { save_checkpoint(dir(), c.checkpoint); });
+    for (const std::string& part : c.expect) EXPECT_TRUE(has(e, part));
+    EXPECT_FALSE(fs::exists(step_path(5)));
+    EXPECT_TRUE(!fs::exists(dir_) || entries_with_prefix(dir_, ".tmp-").empty());
+  }
+  // A single process may save slices too (a dp-1 run of the sharded format).
+  save_checkpoint(dir(), rank_part(2, 3, 5, full));
+  EXPECT_EQ(load_checkpoint(dir()).slices.at(stem).at(c_avg),
+            (TensorSlice{.global_shape = {2, 2, 3}, .flat_start = 2}));
+
+  // On load: a manifest whose slice does not fit its global shape, or not the file's tensor.
+  save_as_ranks(dir(), 3, 5, full);
+  const std::string step_dir = step_path(5);
+  const std::string manifest = step_dir + "/manifest.pb";
+  const std::string good = read_raw(manifest);
+  auto edit_c_avg = [&](auto edit) {
+    write_raw(manifest, good);
+    edit_manifest(step_dir, [&](CheckpointManifest& m) {
+      for (CheckpointTensor& t : *m.mutable_tensors()) {
+        if (t.name() == c_avg && t.file() == stem + ".safetensors") edit(m, t);
+      }
+    });
+    return error_of([&] { load_checkpoint(step_dir); });
+  };
+  std::string e = edit_c_avg([](CheckpointManifest&, CheckpointTensor& t) { t.mutable_flat()->set_start(3); });
+  EXPECT_TRUE(has(e, manifest));
+  EXPECT_TRUE(has(e, "tensor '" + c_avg + "' of " + stem + ".safetensors holds flat elements [3, 13)"));
+  EXPECT_TRUE(has(e, "global shape [2, 2, 3] has 12"));
+  EXPECT_EQ(latest_checkpoint(dir()), std::nullopt);  // damaged, and the only step
+
+  e = edit_c_avg([](CheckpointManifest&, CheckpointTensor& t) { t.set_shape(2, 2); });
+  EXPECT_TRUE(has(e, "[2, 12)"));
+  EXPECT_TRUE(has(e, "global shape [2, 2, 2] has 8"));
+
+  e = edit_c_avg([](CheckpointManifest&, CheckpointTensor& t) { t.mutable_flat()->set_size(9); });
+  EXPECT_TRUE(has(e, step_dir + "/" + stem + ".safetensors"));
+  EXPECT_TRUE(has(e, "tensor '" + c_avg + "' has shape [10]"));
+  EXPECT_TRUE(has(e, "flat slice [2, 11) of [2, 2, 3], stored as [9]"));
+
+  e = edit_c_avg([](CheckpointManifest& m, CheckpointTensor&) { m.set_format_version(1); });
+  EXPECT_TRUE(has(e, manifest));  // the first flat tensor it meets is rank 0's
+  EXPECT_TRUE(has(e, "of optimizer-rank00000.safetensors has flat, which format_version 1 does not have"));
+
+  e = edit_c_avg([](CheckpointManifest&, CheckpointTensor& t) { t.add_slice_start(0); });
+  EXPECT_TRUE(has(e, "has both flat and slice_start/slice_size"));
+
+  write_raw(manifest, good);
+  expect_parts_back(load_checkpoint(step_dir), 3, 5, full);
+}
+
+TEST_F(CheckpointDir, VersionOneManifestsStillLoadAndWholeSavesStillWriteThem) {
+  // A step directory as version-1 code wrote it, the manifest's text spelled out here.
+  const std::string step_dir = step_path(3);
+  fs::create_directories(step_dir);
+  const NamedTensors model = {{"w", Tensor::from<float>({1.5f, -2.0f, 0.25f, 8.0f, -0.0f, 3.0f}, {2, 3})},
+                              {"s", Tensor::scalar<float>(7.0f)}};
+  save_safetensors(step_dir + "/model.safetensors", model);
+  write_raw(step_dir + "/trainer.json", "{\"step\": 3}");
+  const std::string v1 = str_cat(
+      "# bvllm checkpoint manifest: parallel/checkpoint.proto CheckpointManifest\n"
+      "format_version: 1\n"
+      "step: 3\n"
+      "files {\n  name: \"model.safetensors\"\n  kind: TENSORS\n  bytes: ",
+      fs::file_size(step_dir + "/model.safetensors"),
+      "\n}\n"
+      "files {\n  name: \"trainer.json\"\n  kind: TEXT\n  bytes: 11\n}\n"
+      "tensors {\n  name: \"w\"\n  file: \"model.safetensors\"\n  dtype: \"F32\"\n  shape: 2\n  shape: 3\n"
+      "  slice_start: 0\n  slice_start: 0\n  slice_size: 2\n  slice_size: 3\n}\n"
+      "tensors {\n  name: \"s\"\n  file: \"model.safetensors\"\n  dtype: \"F32\"\n}\n");
+  write_raw(step_dir + "/manifest.pb", v1);
+
+  EXPECT_EQ(latest_checkpoint(dir()), step_dir);
+  Checkpoint back = load_checkpoint(dir());
+  EXPECT_EQ(back.step, 3);
+  EXPECT_TRUE(back.slices.empty());
+  EXPECT_EQ(back.texts.at("trainer.json"), "{\"step\": 3}");
+  ASSERT_EQ(back.tensors.at("model").size(), 2u);
+  EXPECT_EQ(tensor_bytes(back.tensors.at("model")[0].second), tensor_bytes(model[0].second));
+  EXPECT_EQ(back.tensors.at("model")[1].second.shape(), Shape{});
+  EXPECT_EQ(tensor_bytes(assemble_flat_range(back, "w", 2, 3, DType::F32)),
+            tensor_bytes(model[0].second.reshape({-1}).narrow(0, 2, 3)));
+
+  // Saving the same whole tensors today writes that same version-1 manifest, byte for byte.
+  Checkpoint again;
+  again.step = 3;
+  again.tensors["model"] = model;
+  again.texts["trainer.json"] = "{\"step\": 3}";
+  save_checkpoint((dir_ / "again").string(), again);
+  EXPECT_EQ(read_raw((dir_ / "again" / "step-00000003" / "manifest.pb").string()), v1);
 }
 
 }  // namespace
