@@ -12,6 +12,7 @@ const std::vector<Case>& cases() {
   static const std::vector<Case> all = [] {
     std::vector<Case> v = cpu_cases();
     v.insert(v.end(), data_cases().begin(), data_cases().end());
+    v.insert(v.end(), mpi_cases().begin(), mpi_cases().end());
     v.insert(v.end(), gpu_cases().begin(), gpu_cases().end());
     return v;
   }();
