@@ -21,6 +21,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -81,5 +82,17 @@ class Communicator {
   void send(const Tensor& tensor, int peer) { send_async(tensor, peer)->wait(); }
   void recv(Tensor& tensor, int peer) { recv_async(tensor, peer)->wait(); }
 };
+
+// reduce_scatter (sum) whose additions run in rank order, ((x_0 + x_1) + x_2) + ..., on every
+// element: the same bits whatever algorithm the transport would pick, and the same as one process
+// adding the members' values in turn (so data-parallel runs can equal a single process exactly).
+// Point to point underneath: each member sends chunk q to member q and adds what it receives in
+// wait(); the traffic of a ring reduce-scatter, (size - 1) / size of the input per member.
+// F32 and F64; `input` and `output` as reduce_scatter_async takes them.
+std::unique_ptr<Work> ordered_reduce_scatter_async(Communicator& comm, const Tensor& input, Tensor& output);
+
+// Every member's `mine` (any length), in rank order: for the few small messages that are not
+// tensors (checkpoint manifests). Two collectives: the lengths, then the padded bytes.
+std::vector<std::string> all_gather_bytes(Communicator& comm, const std::string& mine);
 
 }  // namespace bvllm::parallel

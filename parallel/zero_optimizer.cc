@@ -206,10 +206,13 @@ void ZeroOptimizer::launch(Bucket& b) {
     b.launched = true;  // earlier micro-batches only accumulate
     return;
   }
+  // Sums in rank order (ordered_reduce_scatter_async): the same bits as one process adding the
+  // micro-batches in turn.
   if (options_.stage < 2) {
-    b.work = dp_.all_reduce_async(b.grad, ReduceOp::Sum);
+    b.received = Tensor::empty({b.length / dp_.size()}, DType::F32, b.device);
+    b.work = ordered_reduce_scatter_async(dp_, b.grad, b.received);
   } else if (full_buffers()) {
-    b.work = dp_.reduce_scatter_async(b.grad, b.shard_grad, ReduceOp::Sum);
+    b.work = ordered_reduce_scatter_async(dp_, b.grad, b.shard_grad);
   } else {
     if (!b.staging.defined()) {  // no parameter of the bucket had a gradient: join with zeros
       b.staging = ops::zeros({b.length}, DType::F32, b.device);
@@ -217,7 +220,7 @@ void ZeroOptimizer::launch(Bucket& b) {
       peak_staging_bytes_ = std::max(peak_staging_bytes_, staging_bytes_);
     }
     b.received = Tensor::empty({b.hi - b.lo}, DType::F32, b.device);
-    b.work = dp_.reduce_scatter_async(b.staging, b.received, ReduceOp::Sum);
+    b.work = ordered_reduce_scatter_async(dp_, b.staging, b.received);
   }
   b.launched = true;
 }
@@ -232,7 +235,10 @@ void ZeroOptimizer::complete(Bucket& b) {
   if (b.work == nullptr) return;
   b.work->wait();
   b.work.reset();
-  if (!full_buffers()) {
+  if (options_.stage < 2) {  // every rank holds the whole reduced gradient, as plain data parallelism
+    dp_.all_gather(b.received, b.grad);
+    b.received = Tensor();
+  } else if (!full_buffers()) {
     NoGradGuard no_grad;
     if (b.accumulated) {
       b.shard_grad.copy_(ops::add(b.shard_grad, b.received));

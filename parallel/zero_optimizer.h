@@ -15,13 +15,16 @@
 // always launched in bucket order, so every rank issues the same collectives in the same order
 // (a bucket with a parameter that got no gradient waits for the end of the micro-batch).
 //   stage 0, 1            full-size f32 grad buffers accumulate the micro-batches; on the last,
-//                         each bucket is all-reduced.
+//                         each bucket is all-reduced (reduce-scatter, then all-gather).
 //   stage 2, per step     the same buffers; on the last micro-batch each bucket is reduce-scattered
 //                         into the owner's f32 shard (Megatron's distributed optimizer).
 //   stage 2, per micro    every micro-batch's bucket is reduce-scattered into the owner's f32
 //   batch                 shard as it fills, and its staging buffer freed: no full-size gradient
 //                         ever lives on a rank (DeepSpeed's ZeRO-2; grad memory 1/dp).
-// The sum over ranks is divided by dp: the gradient of the mean loss over the global batch.
+// The sum over ranks is divided by dp: the gradient of the mean loss over the global batch. Sums
+// over ranks run in rank order (ordered_reduce_scatter_async), so dp ranks with one micro-batch each
+// produce the bits of one process accumulating dp micro-batches in turn (for dp a power of two,
+// where dividing by dp is exact).
 //
 // Step. The gradient norm is the square root of Σ g² over the owned elements (each element is
 // owned by one rank), all-reduced over the gradient-statistics group; clipping scales the owned

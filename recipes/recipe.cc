@@ -40,7 +40,7 @@ constexpr const char* kDefaults = R"pb(
   }
   optimizer { beta1: 0.9 beta2: 0.999 eps: 1e-8 clip_grad_norm: 1.0 }
   batch { micro_batch: 1 grad_accum: 1 }
-  parallel { tp: 1 pp: 1 }
+  parallel { tp: 1 pp: 1 bucket_elements: 16777216 comm_timeout_s: 600 }
   data { max_length: 2048 }
   logging { every_steps: 1 }
   seed: 42
@@ -359,8 +359,10 @@ void validate(const Recipe& recipe, const std::string& source, const ValidateOpt
   const Parallel& p = recipe.parallel();
   c.positive(static_cast<double>(p.tp()), "parallel.tp");
   c.positive(static_cast<double>(p.pp()), "parallel.pp");
-  c.require(p.zero_stage() == 0 || p.zero_stage() == 2, "parallel.zero_stage",
-            str_cat("must be 0 or 2, got ", p.zero_stage()));
+  c.require(p.zero_stage() >= 0 && p.zero_stage() <= 2, "parallel.zero_stage",
+            str_cat("must be 0, 1 or 2, got ", p.zero_stage()));
+  c.positive(static_cast<double>(p.bucket_elements()), "parallel.bucket_elements");
+  c.positive(p.comm_timeout_s(), "parallel.comm_timeout_s");
   c.require(options.world % (p.tp() * p.pp()) == 0, "parallel.tp",
             str_cat("tp ", p.tp(), " x pp ", p.pp(), " does not divide the world of ", options.world, " ranks"));
   const int64_t dp = options.world / (p.tp() * p.pp());

@@ -194,7 +194,8 @@ TEST(Recipe, ValidationNamesTheFileAndTheField) {
   EXPECT_TRUE(has(invalid({"lora.target_regex=(q"}), "lora.target_regex"));
   EXPECT_TRUE(has(invalid({"lora.rank=0", "lora.target_regex=(q"}), "no error"));  // LoRA off
   EXPECT_TRUE(has(invalid({"model.llm.num_kv_heads=3"}), "model.llm.num_kv_heads"));
-  EXPECT_TRUE(has(invalid({"parallel.zero_stage=1"}), "parallel.zero_stage"));
+  EXPECT_TRUE(has(invalid({"parallel.zero_stage=3"}), "parallel.zero_stage"));
+  EXPECT_TRUE(has(invalid({"parallel.bucket_elements=0"}), "parallel.bucket_elements"));
   EXPECT_TRUE(has(invalid({"data.stage=3"}), "data.stage"));
   EXPECT_TRUE(has(invalid({"schedule.warmup_steps=11"}), "schedule.warmup_steps"));
   EXPECT_TRUE(has(error_of([] { validate(parse_recipe("optimizer { lr: 1 }", "n.pb"), "n.pb", kNoFiles); }),

@@ -17,45 +17,27 @@
 #include <string>
 #include <vector>
 
-#include "data/sample.pb.h"
-#include "data/shard.h"
-#include "data/tiny_vocab.h"
 #include "parallel/checkpoint.h"
 #include "recipes/recipe.h"
 #include "tests/support/messages.h"
-#include "tests/support/moving_squares.h"
+#include "tests/support/tiny_train.h"
 #include "tools/train/model_builder.h"
 
 namespace bvllm::train {
 namespace {
 
+using testing::bitwise_equal;
 using testing::has;
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-
-constexpr int kSamples = 24;
 
 // Shards, tokenizers and a recipe template, once for the suite.
 class TrainerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     root_ = new fs::path(fs::temp_directory_path() / ("bvllm_trainer_test_" + std::to_string(::getpid())));
-    fs::remove_all(*root_);
-    for (int stage : {1, 2}) {
-      data::ShardWriter writer((*root_ / ("shards" + std::to_string(stage))).string());
-      for (int i = 0; i < kSamples; ++i) writer.add(testing::square_sample(i, stage));
-      writer.finish();
-    }
-    // The vocabularies of this data's texts (and ChatML's system prompt), as bvllm_synth makes them.
-    std::vector<std::string> texts = {"You are a helpful assistant.", "system", "user", "assistant"};
-    for (int stage : {1, 2})
-      for (int i = 0; i < kSamples; ++i) {
-        const data::Sample sample = testing::square_sample(i, stage);
-        for (const data::Turn& t : sample.conversations()) texts.push_back(t.value());
-      }
-    data::write_tiny_tokenizer((*root_ / "tokenizer.json").string(), texts);
-    data::write_tiny_bert_vocab((*root_ / "bert_vocab.txt").string(), texts);
+    testing::write_tiny_train_data(*root_);
   }
   static void TearDownTestSuite() {
     fs::remove_all(*root_);
@@ -64,37 +46,7 @@ class TrainerTest : public ::testing::Test {
 
   // A tiny stage-`stage` recipe over this suite's data, with --set style overrides applied.
   static std::string recipe_text(int stage, const std::vector<std::string>& overrides = {}) {
-    std::ostringstream r;
-    r << "name: \"tiny_test_stage" << stage << "\"\n"
-      << "model {\n"
-      << "  llm { vocab_size: 384 hidden_size: 32 intermediate_size: 64 num_layers: 2 num_heads: 4 num_kv_heads: 2 "
-         "tie_word_embeddings: true }\n"
-      << "  tokenizer: \"" << (*root_ / "tokenizer.json").string() << "\"\n"
-      << "  vision { image_size: 32 patch_size: 8 width: 24 depth: 1 num_heads: 4 }\n"
-      << "  qformer { hidden_size: 32 num_layers: 2 num_heads: 4 intermediate_size: 48 cross_attention_freq: 1 "
-         "bert_vocab: \""
-      << (*root_ / "bert_vocab.txt").string() << "\" }\n"
-      << "  temporal_queries: 2 spatial_queries: 3 frames_per_sample: 4 chronological_order: true\n"
-      << "}\n";
-    if (stage == 1) {
-      r << "trainable { unfreeze: \"model.vlm_att_encoder_temporal.*\" unfreeze: \"model.vlm_att_query_temporal\" "
-           "unfreeze: \"model.vlm_att_projector_*\" unfreeze: \"model.vlm_att_val_projector_spatial.*\" "
-           "unfreeze: \"model.layers.*\" }\n";
-    } else {
-      r << "trainable { unfreeze: \"model.vlm_att_*\" }\n"
-        << "lora { rank: 4 alpha: 8 dropout: 0.1 target_regex: \"(q|v|up)_proj$\" }\n";
-    }
-    r << "optimizer { lr: 3e-3 weight_decay: 0.01 }\n"
-      << "schedule { kind: COSINE warmup_steps: 2 }\n"
-      << "batch { micro_batch: 2 grad_accum: 2 global_batch: 4 }\n"
-      << "precision { compute: F32 }\n"
-      << "data { shards: \"" << (*root_ / ("shards" + std::to_string(stage))).string() << "\" stage: " << stage
-      << " max_length: 256 image_pad: " << (stage == 2 ? "true" : "false") << " }\n"
-      << "checkpoint { every_steps: 5 }\n"
-      << "logging { every_steps: 5 }\n"
-      << "seed: 7\n"
-      << "steps: 20\n";
-    return recipes::recipe_to_text(recipes::parse_recipe(r.str(), "trainer_test recipe", overrides));
+    return testing::tiny_recipe_text(*root_, stage, overrides);
   }
 
   static std::string write_recipe(const std::string& name, const std::string& text) {
@@ -111,26 +63,8 @@ class TrainerTest : public ::testing::Test {
     return train(options);
   }
 
-  static std::vector<json> metrics(const std::string& run_dir) {
-    std::ifstream in(fs::path(run_dir) / "metrics.jsonl");
-    std::vector<json> lines;
-    std::string line;
-    while (std::getline(in, line))
-      if (!line.empty()) lines.push_back(json::parse(line));
-    return lines;
-  }
-
-  static std::map<std::string, Tensor> model_tensors(const std::string& checkpoint) {
-    const parallel::Checkpoint c = parallel::load_checkpoint(checkpoint);
-    const NamedTensors& t = c.tensors.at("model");
-    return {t.begin(), t.end()};
-  }
-
-  static bool bitwise_equal(const Tensor& a, const Tensor& b) {
-    if (a.shape() != b.shape() || a.dtype() != b.dtype()) return false;
-    const Tensor ca = a.contiguous(), cb = b.contiguous();
-    return std::memcmp(ca.raw_data(), cb.raw_data(), static_cast<size_t>(ca.numel()) * dtype_size(ca.dtype())) == 0;
-  }
+  static std::vector<json> metrics(const std::string& run_dir) { return testing::read_metrics(run_dir); }
+  static std::map<std::string, Tensor> model_tensors(const std::string& dir) { return testing::checkpoint_model(dir); }
 
   static fs::path* root_;
 };
@@ -144,11 +78,8 @@ std::string replace(std::string text, const std::string& from, const std::string
 }
 
 // The program, for the SIGKILL test.
-std::string program() { return std::string(BVLLM_BINARY_DIR) + "/bin/bvllm_train"; }
-
 int run_program(const std::string& args) {
-  const int status = std::system((program() + " " + args + " > /dev/null 2>&1").c_str());
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return testing::run_command(testing::program_path("bvllm_train") + " " + args + " > /dev/null 2>&1");
 }
 
 TEST_F(TrainerTest, ResumeAfterSigkillIsBitwiseExact) {
@@ -183,12 +114,15 @@ TEST_F(TrainerTest, ResumeAfterSigkillIsBitwiseExact) {
   }
   const parallel::Checkpoint ca = parallel::load_checkpoint(straight + "/checkpoints");
   const parallel::Checkpoint cb = parallel::load_checkpoint(killed + "/checkpoints");
-  const NamedTensors &oa = ca.tensors.at("optimizer"), &ob = cb.tensors.at("optimizer");
+  ASSERT_TRUE(ca.tensors.count("optimizer-rank00000") && cb.tensors.count("optimizer-rank00000"));
+  const NamedTensors &oa = ca.tensors.at("optimizer-rank00000"), &ob = cb.tensors.at("optimizer-rank00000");
   ASSERT_EQ(oa.size(), ob.size());
+  EXPECT_GT(oa.size(), 0u);
   for (size_t i = 0; i < oa.size(); ++i) {
     EXPECT_EQ(oa[i].first, ob[i].first);
     EXPECT_TRUE(bitwise_equal(oa[i].second, ob[i].second)) << oa[i].first;
   }
+  EXPECT_EQ(ca.texts.at("rank-00000.json"), cb.texts.at("rank-00000.json"));  // loader position, AdamW steps
 }
 
 TEST_F(TrainerTest, RunDirectoryWithCheckpointsIsRefusedWithoutResume) {

@@ -16,11 +16,12 @@
 
 #include "data/loader.h"
 #include "parallel/checkpoint.h"
+#include "parallel/process_grid.h"
+#include "parallel/self_communicator.h"
+#include "parallel/zero_optimizer.h"
 #include "recipes/recipe.h"
 #include "runtime/error.h"
 #include "runtime/ops.h"
-#include "runtime/optim/adamw.h"
-#include "runtime/optim/clip.h"
 #include "runtime/optim/schedule.h"
 #include "runtime/rng.h"
 #include "tools/train/model_builder.h"
@@ -32,18 +33,36 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-// The Gumbel noise of frame selection (the model builder draws init and LoRA from streams 1 and 2).
-constexpr uint64_t kGumbelStream = 0;
+// The noise of a micro-batch whose first sample is at global stream position p: Gumbel noise from
+// stream kMicroBatchStreams + 2p, dropout from the next (the model builder draws init and LoRA
+// from streams 1 and 2), so it does not depend on which rank computes the micro-batch.
+constexpr uint64_t kMicroBatchStreams = uint64_t{1} << 32;
 // Consecutive samples that fail to load before the run gives up.
 constexpr int kMaxSkippedBatches = 16;
 
-json generator_to_json(const Generator& g) { return {{"seed", g.seed}, {"stream", g.stream}, {"offset", g.offset}}; }
+// "optimizer-rank00003", "rank-00003.json": a rank's files in a checkpoint.
+std::string rank_name(const char* prefix, int rank, const char* suffix = "") {
+  std::ostringstream out;
+  out << prefix << std::setw(5) << std::setfill('0') << rank << suffix;
+  return out.str();
+}
 
-Generator generator_from_json(const json& j, const std::string& source, const char* field) {
-  BVLLM_REQUIRE(j.is_object() && j.contains("seed") && j.contains("stream") && j.contains("offset"), source, ": ",
-                field, ": expected {\"seed\", \"stream\", \"offset\"}");
-  return Generator{
-      .seed = j["seed"].get<uint64_t>(), .stream = j["stream"].get<uint64_t>(), .offset = j["offset"].get<uint64_t>()};
+parallel::ZeroOptions zero_options(const recipes::Recipe& recipe) {
+  const recipes::Parallel& p = recipe.parallel();
+  const recipes::Optimizer& o = recipe.optimizer();
+  parallel::ZeroOptions z;
+  z.stage = static_cast<int>(p.zero_stage());
+  z.reduce = p.grad_reduce() == recipes::PER_STEP ? parallel::GradReduce::PerStep : parallel::GradReduce::PerMicroBatch;
+  z.bucket_elements = p.bucket_elements();
+  z.adamw = optim::AdamWOptions{
+      .lr = o.lr(), .beta1 = o.beta1(), .beta2 = o.beta2(), .eps = o.eps(), .weight_decay = o.weight_decay()};
+  return z;
+}
+
+std::string megabytes(int64_t bytes) {
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(2) << static_cast<double>(bytes) / 1e6 << " MB";
+  return out.str();
 }
 
 std::string format_duration(double seconds) {
@@ -104,7 +123,13 @@ void truncate_metrics(const fs::path& path, int64_t step) {
 class Trainer {
  public:
   explicit Trainer(const TrainOptions& options)
-      : options_(options), console_(options.console != nullptr ? *options.console : std::cerr) {}
+      : options_(options),
+        self_(options.world == nullptr ? std::make_unique<parallel::SelfCommunicator>() : nullptr),
+        world_(options.world != nullptr ? *options.world : *self_),
+        rank_(world_.rank()),
+        console_(rank_ != 0                   ? null_console_
+                 : options.console != nullptr ? *options.console
+                                              : std::cerr) {}
 
   TrainResult run() {
     setup();
@@ -133,10 +158,6 @@ class Trainer {
       print_progress(stats);
       const int64_t every = recipe_.checkpoint().every_steps();
       if ((every > 0 && step_ % every == 0) || step_ == total_steps_) save();
-      if (options_.kill_after_step > 0 && step_ == options_.kill_after_step) {
-        console_ << "bvllm_train: --debug_kill_after_step " << step_ << ": SIGKILL" << std::endl;
-        std::raise(SIGKILL);
-      }
     }
     result.step = step_;
     if (latest_.has_value()) result.checkpoint = *latest_;
@@ -160,7 +181,12 @@ class Trainer {
     // The recipe, checked before anything is built or written.
     source_ = options_.recipe;
     recipe_ = recipes::load_recipe(options_.recipe, options_.overrides);
-    recipes::validate(recipe_, source_, {.world = 1});
+    recipes::validate(recipe_, source_, {.world = world_.size()});
+    const parallel::ProcessGrid grid(world_.size(), rank_, static_cast<int>(recipe_.parallel().tp()),
+                                     static_cast<int>(recipe_.parallel().pp()));
+    BVLLM_REQUIRE(grid.tp() == 1 && grid.pp() == 1, source_, ": parallel.tp ", grid.tp(), ", parallel.pp ", grid.pp(),
+                  ": tensor and pipeline parallelism are not implemented yet (data parallelism is: tp 1, pp 1)");
+    dp_ = grid.dp();
     run_dir_ = options_.run_dir.empty() ? fs::path("runs") / (recipe_.name().empty() ? "run" : recipe_.name())
                                         : fs::path(options_.run_dir);
     checkpoint_dir_ =
@@ -180,8 +206,9 @@ class Trainer {
                   tokenizers_->qwen.vocab_size(), " ids do not fit the LLM's vocabulary of ", llm_vocab);
 
     // The data.
-    loader_ = std::make_unique<data::DataLoader>(loader_options(recipe_), tokenizers_->qwen, tokenizers_->bert);
-    const int64_t per_step = recipe_.batch().micro_batch() * recipe_.batch().grad_accum();
+    loader_ =
+        std::make_unique<data::DataLoader>(loader_options(recipe_, rank_, dp_), tokenizers_->qwen, tokenizers_->bert);
+    const int64_t per_step = recipe_.batch().micro_batch() * recipe_.batch().grad_accum() * dp_;
     total_steps_ =
         recipe_.has_steps()
             ? recipe_.steps()
@@ -196,19 +223,18 @@ class Trainer {
     model_->train();
     if (!options_.resume) make_optimizer();  // restore() makes it over the loaded parameters
     schedule_ = make_schedule(recipe_, total_steps_);
-    gumbel_ = Generator{.seed = recipe_.seed(), .stream = kGumbelStream};
-    manual_seed(recipe_.seed());  // dropout
 
-    fs::create_directories(run_dir_);
-    if (options_.resume) {
-      restore(*latest_);
-      truncate_metrics(run_dir_ / "metrics.jsonl", step_);
-    } else {
-      std::ofstream(run_dir_ / "metrics.jsonl", std::ios::trunc);
+    if (options_.resume) restore(*latest_);
+    if (rank_ == 0) {
+      fs::create_directories(run_dir_);
+      if (options_.resume)
+        truncate_metrics(run_dir_ / "metrics.jsonl", step_);
+      else
+        std::ofstream(run_dir_ / "metrics.jsonl", std::ios::trunc);
+      write_file_atomically(run_dir_ / "recipe.pb", recipes::recipe_to_text(recipe_));
+      metrics_.open(run_dir_ / "metrics.jsonl", std::ios::app);
+      BVLLM_REQUIRE(metrics_, (run_dir_ / "metrics.jsonl").string(), ": cannot write");
     }
-    write_file_atomically(run_dir_ / "recipe.pb", recipes::recipe_to_text(recipe_));
-    metrics_.open(run_dir_ / "metrics.jsonl", std::ios::app);
-    BVLLM_REQUIRE(metrics_, (run_dir_ / "metrics.jsonl").string(), ": cannot write");
 
     int64_t trainable = 0;
     for (const auto& [name, t] : model_->named_trainable_parameters()) trainable += t.numel();
@@ -216,40 +242,51 @@ class Trainer {
              << " parameters, " << trainable << " trainable in " << built_.trainable.size() << " tensors"
              << (built_.lora_modules > 0 ? str_cat(", LoRA on ", built_.lora_modules, " linears") : std::string())
              << "; " << loader_->samples_per_epoch() << " samples per epoch; " << total_steps_ << " steps of "
-             << per_step << " samples; " << omp_get_max_threads() << " threads; run dir " << run_dir_.string()
-             << (options_.resume ? str_cat("; resumed at step ", step_) : std::string()) << std::endl;
+             << per_step << " samples; " << omp_get_max_threads() << " threads"
+             << (dp_ > 1 ? str_cat(" x ", dp_, " data-parallel ranks") : std::string()) << "; run dir "
+             << run_dir_.string() << (options_.resume ? str_cat("; resumed at step ", step_) : std::string())
+             << std::endl;
+    const parallel::ZeroMemory memory = zero_->memory();
+    console_ << "bvllm_train: ZeRO stage " << zero_->stage()
+             << (zero_->stage() == 2 ? zero_->reduce() == parallel::GradReduce::PerStep
+                                           ? " (reduce-scatter once per step)"
+                                           : " (reduce-scatter per micro-batch)"
+                                     : "")
+             << " over dp " << dp_ << ": rank 0 updates " << memory.owned_elements << " of " << memory.total_elements
+             << " trainable elements; gradient buffers " << megabytes(memory.grad_bytes) << ", AdamW state "
+             << megabytes(memory.state_bytes) << std::endl;
     if (recipe_.precision().compute() == recipes::BF16)
       LOG(INFO) << "precision.compute BF16: the CPU computes in f32 (see tools/train/trainer.h)";
     start_ = Clock::now();
   }
 
-  // AdamW with the HF Trainer's two groups: weight decay on matrices, none on biases and norms.
+  // AdamW with the HF Trainer's two groups (weight decay on matrices, none on biases and norms),
+  // over the data-parallel ranks.
   void make_optimizer() {
-    params_.clear();
-    names_.clear();
-    optim::ParamGroup decay, no_decay;
+    parallel::ZeroParamGroup decay, no_decay;
     decay.weight_decay = recipe_.optimizer().weight_decay();
     no_decay.weight_decay = 0.0;
-    for (const auto& [name, t] : model_->named_trainable_parameters()) {
-      (t.dim() >= 2 ? decay : no_decay).params.push_back(t);
-      params_.push_back(t);
-      names_.push_back(name);
-    }
-    std::vector<optim::ParamGroup> groups;
-    if (!decay.params.empty()) groups.push_back(decay);
-    if (!no_decay.params.empty()) groups.push_back(no_decay);
-    const recipes::Optimizer& o = recipe_.optimizer();
-    optimizer_ = std::make_unique<optim::AdamW>(
-        groups,
-        optim::AdamWOptions{
-            .lr = o.lr(), .beta1 = o.beta1(), .beta2 = o.beta2(), .eps = o.eps(), .weight_decay = o.weight_decay()});
+    for (const auto& [name, t] : model_->named_trainable_parameters())
+      (t.dim() >= 2 ? decay : no_decay).params.emplace_back(name, t);
+    std::vector<parallel::ZeroParamGroup> groups;
+    if (!decay.params.empty()) groups.push_back(std::move(decay));
+    if (!no_decay.params.empty()) groups.push_back(std::move(no_decay));
+    zero_.reset();  // its hooks detach before the new one's attach
+    zero_ = std::make_unique<parallel::ZeroOptimizer>(std::move(groups), world_, world_, zero_options(recipe_));
   }
 
-  std::vector<layers::BvllmSample> next_micro_batch() {
+  struct MicroBatch {
+    std::vector<layers::BvllmSample> samples;
+    int64_t position = 0;  // of its first sample in the global stream
+  };
+
+  MicroBatch next_micro_batch() {
     for (int skipped = 0;; ++skipped) {
       try {
         std::vector<data::LoadedSample> loaded = loader_->next_batch();
-        std::vector<layers::BvllmSample> samples;
+        MicroBatch batch;
+        batch.position = loaded.empty() ? 0 : loaded.front().position;
+        std::vector<layers::BvllmSample>& samples = batch.samples;
         for (data::LoadedSample& s : loaded) {
           layers::BvllmSample& sample = samples.emplace_back();
           sample.ids = std::move(s.ids);
@@ -258,7 +295,7 @@ class Trainer {
           sample.bert_ids = std::move(s.bert_ids);
           sample.bert_mask = std::move(s.bert_mask);
         }
-        return samples;
+        return batch;
       } catch (const Error& e) {
         BVLLM_REQUIRE(skipped + 1 < kMaxSkippedBatches, "bvllm_train: ", kMaxSkippedBatches,
                       " batches in a row failed to load; the last: ", e.what());
@@ -267,39 +304,59 @@ class Trainer {
     }
   }
 
+  // The generators of a micro-batch, keyed by its position (see kMicroBatchStreams).
+  void seed_micro_batch(int64_t position) {
+    const uint64_t stream = kMicroBatchStreams + 2 * static_cast<uint64_t>(position);
+    gumbel_ = Generator{.seed = recipe_.seed(), .stream = stream};
+    default_generator() = Generator{.seed = recipe_.seed(), .stream = stream + 1};
+  }
+
   StepStats train_step() {
     const auto begin = Clock::now();
     StepStats stats;
     const int64_t accum = recipe_.batch().grad_accum();
+    // This rank's sums, then the global batch's: loss (mean over micro-batches), tokens, samples,
+    // frames kept, samples with frames.
+    Tensor sums = ops::zeros({5}, DType::F64);
+    double* sum = sums.data<double>();
     for (int64_t micro = 0; micro < accum; ++micro) {
-      const std::vector<layers::BvllmSample> samples = next_micro_batch();
-      layers::BvllmOutput out = model_->forward(samples, {.generator = &gumbel_});
+      const MicroBatch batch = next_micro_batch();
+      seed_micro_batch(batch.position);
+      zero_->begin_micro_batch(micro == accum - 1);
+      layers::BvllmOutput out = model_->forward(batch.samples, {.generator = &gumbel_});
       BVLLM_REQUIRE(out.loss.defined(), "bvllm_train: a micro-batch without labels");
+      if (options_.kill_after_step > 0 && step_ == options_.kill_after_step && micro == 0 &&
+          rank_ == options_.kill_rank) {
+        // (Not naming the rank: the job's own messages must.)
+        LOG(ERROR) << "--debug_kill_after_step " << step_ << ": SIGKILL in step " << step_ + 1;
+        std::raise(SIGKILL);
+      }
       warn_if_unsupervised(out.labels);
-      const double loss = out.loss.item<float>();
-      stats.loss += loss / static_cast<double>(accum);
-      for (int64_t n : out.lengths) stats.tokens += n;
+      sum[0] += out.loss.item<float>() / static_cast<double>(accum);
+      for (int64_t n : out.lengths) sum[1] += static_cast<double>(n);
+      sum[2] += static_cast<double>(batch.samples.size());
       for (const layers::VisualSelection& v : out.visual) {
         if (v.tokens == 0) continue;
-        stats.kept_frames += static_cast<double>(v.kept.size());
-        stats.visual_samples += 1;
+        sum[3] += static_cast<double>(v.kept.size());
+        sum[4] += 1;
       }
-      stats.samples += static_cast<int64_t>(samples.size());
-      if (!std::isfinite(loss)) {  // nothing to learn from; the caller stops the run
-        optimizer_->zero_grad();
-        stats.seconds = std::chrono::duration<double>(Clock::now() - begin).count();
-        return stats;
-      }
+      // A non-finite loss still goes backward (its gradients are not finite either), so every rank
+      // issues the same collectives and all of them see the non-finite norm and stop together.
       ops::mul(out.loss, 1.0 / static_cast<double>(accum)).backward();
+      zero_->end_micro_batch();
     }
+    world_.all_reduce(sums);
+    stats.loss = sum[0] / static_cast<double>(dp_);
+    stats.tokens = static_cast<int64_t>(sum[1]);
+    stats.samples = static_cast<int64_t>(sum[2]);
+    stats.kept_frames = sum[3];
+    stats.visual_samples = static_cast<int64_t>(sum[4]);
+    stats.grad_norm = zero_->reduce_gradients();
     const double clip = recipe_.optimizer().clip_grad_norm();
-    stats.grad_norm = clip > 0 ? optim::clip_grad_norm(params_, clip) : optim::grad_norm(params_);
+    if (clip > 0) zero_->clip_gradients(clip, stats.grad_norm);
     stats.lr = recipe_.optimizer().lr() * schedule_(step_);
-    if (std::isfinite(stats.grad_norm)) {
-      optimizer_->set_lr_multiplier(schedule_(step_));
-      optimizer_->step();
-    }
-    optimizer_->zero_grad();
+    if (std::isfinite(stats.grad_norm) && std::isfinite(stats.loss)) zero_->step(schedule_(step_));
+    zero_->zero_grad();
     stats.seconds = std::chrono::duration<double>(Clock::now() - begin).count();
     return stats;
   }
@@ -320,6 +377,7 @@ class Trainer {
   double elapsed() const { return elapsed_before_ + std::chrono::duration<double>(Clock::now() - start_).count(); }
 
   void write_metrics(const StepStats& s, bool finite) {
+    if (rank_ != 0) return;
     json line = {{"step", finite ? step_ : step_ + 1},
                  {"loss", std::isfinite(s.loss) ? json(s.loss) : json(nullptr)},
                  {"lr", s.lr},
@@ -352,33 +410,44 @@ class Trainer {
     window_steps_ = 0;
   }
 
+  // Every rank writes its share (rank 0: the model, which every replica holds, and the run's
+  // texts; each rank: its optimizer slices and its loader position), then rank 0 commits.
   void save() {
-    parallel::Checkpoint c;
-    c.step = step_;
-    NamedTensors model;
-    for (const auto& [name, t] : model_->named_parameters()) model.emplace_back(name, t.detach());
-    c.tensors["model"] = std::move(model);
-    NamedTensors opt;
-    for (size_t i = 0; i < params_.size(); ++i) {
-      const optim::AdamWState* s = optimizer_->state(params_[i]);
-      if (s == nullptr) continue;
-      opt.emplace_back(names_[i] + ".exp_avg", s->exp_avg);
-      opt.emplace_back(names_[i] + ".exp_avg_sq", s->exp_avg_sq);
-      if (s->master.defined()) opt.emplace_back(names_[i] + ".master", s->master);
-      Tensor step = Tensor::empty({1}, DType::I64);
-      step.data<int64_t>()[0] = s->step;
-      opt.emplace_back(names_[i] + ".step", step);
+    const std::string dir = checkpoint_dir_.string();
+    if (rank_ == 0) parallel::prepare_checkpoint_dir(dir, step_);
+    world_.barrier();
+    parallel::Checkpoint part;
+    part.step = step_;
+    if (rank_ == 0) {
+      NamedTensors model;
+      for (const auto& [name, t] : model_->named_parameters()) model.emplace_back(name, t.detach());
+      part.tensors["model"] = std::move(model);
+      const json trainer = {{"step", step_}, {"total_steps", total_steps_}, {"elapsed_s", elapsed()}, {"dp", dp_}};
+      part.texts["trainer.json"] = trainer.dump(2) + "\n";
+      part.texts["recipe.pb"] = recipes::recipe_to_text(recipe_);
     }
-    c.tensors["optimizer"] = std::move(opt);
-    const json trainer = {{"step", step_},
-                          {"total_steps", total_steps_},
-                          {"elapsed_s", elapsed()},
-                          {"gumbel_generator", generator_to_json(gumbel_)},
-                          {"default_generator", generator_to_json(default_generator())},
-                          {"loader", json::parse(loader_->state().to_json())}};
-    c.texts["trainer.json"] = trainer.dump(2) + "\n";
-    c.texts["recipe.pb"] = recipes::recipe_to_text(recipe_);
-    latest_ = parallel::save_checkpoint(checkpoint_dir_.string(), c);
+    const std::string stem = rank_name("optimizer-rank", rank_);
+    NamedTensors optimizer;
+    for (parallel::ZeroStateSlice& slice : zero_->state_slices()) {
+      part.slices[stem][slice.name] = parallel::TensorSlice{
+          .global_shape = Shape(slice.global_shape.begin(), slice.global_shape.end()), .flat_start = slice.flat_start};
+      optimizer.emplace_back(slice.name, slice.values);
+    }
+    part.tensors[stem] = std::move(optimizer);
+    json steps = json::object();
+    for (const auto& [name, count] : zero_->steps()) steps[name] = count;
+    const json rank = {{"loader", json::parse(loader_->state().to_json())}, {"adamw_steps", steps}};
+    part.texts[rank_name("rank-", rank_, ".json")] = rank.dump(2) + "\n";
+    const parallel::CheckpointPart written = parallel::write_checkpoint_part(dir, part);
+    const std::vector<std::string> parts = parallel::all_gather_bytes(world_, written.serialize());
+    if (rank_ == 0) {
+      std::vector<parallel::CheckpointPart> all;
+      for (size_t r = 0; r < parts.size(); ++r)
+        all.push_back(parallel::CheckpointPart::parse(parts[r], str_cat("the checkpoint part of rank ", r)));
+      parallel::commit_checkpoint(dir, step_, all);
+    }
+    world_.barrier();  // no rank goes on (or dies) before `latest` names the new step
+    latest_ = (checkpoint_dir_ / parallel::checkpoint_dir_name(step_)).string();
     console_ << "checkpoint: " << *latest_ << std::endl;
   }
 
@@ -389,41 +458,54 @@ class Trainer {
     model_->load_state_dict(std::map<std::string, Tensor>(model->second.begin(), model->second.end()),
                             {.source = path + "/model.safetensors"});
     make_optimizer();  // over the parameter tensors load_state_dict just put in place
-    std::map<std::string, Tensor> opt;
-    if (auto it = c.tensors.find("optimizer"); it != c.tensors.end()) opt.insert(it->second.begin(), it->second.end());
-    for (size_t i = 0; i < params_.size(); ++i) {
-      auto m = opt.find(names_[i] + ".exp_avg");
-      if (m == opt.end()) continue;  // not updated yet
-      auto v = opt.find(names_[i] + ".exp_avg_sq");
-      auto n = opt.find(names_[i] + ".step");
-      BVLLM_REQUIRE(v != opt.end() && n != opt.end(), path, "/optimizer.safetensors: ", names_[i],
-                    " has exp_avg but no exp_avg_sq or step");
-      optim::AdamWState state;
-      state.step = n->second.data<int64_t>()[0];
-      state.exp_avg = m->second;
-      state.exp_avg_sq = v->second;
-      if (auto master = opt.find(names_[i] + ".master"); master != opt.end()) state.master = master->second;
-      optimizer_->load_state(params_[i], state);
-    }
+
     auto text = c.texts.find("trainer.json");
     BVLLM_REQUIRE(text != c.texts.end(), path, ": no trainer.json");
     const std::string source = path + "/trainer.json";
     const json t = json::parse(text->second, nullptr, /*allow_exceptions=*/false);
-    BVLLM_REQUIRE(t.is_object() && t.contains("step") && t.contains("loader"), source,
-                  ": expected an object with step and loader");
+    BVLLM_REQUIRE(t.is_object() && t.contains("step"), source, ": expected an object with step");
     step_ = t["step"].get<int64_t>();
     elapsed_before_ = t.value("elapsed_s", 0.0);
-    gumbel_ = generator_from_json(t["gumbel_generator"], source, "gumbel_generator");
-    default_generator() = generator_from_json(t["default_generator"], source, "default_generator");
-    loader_->restore(data::LoaderState::from_json(t["loader"].dump(), source));
+    const int saved_dp = t.value("dp", 1);
+
+    // The ranks' files: AdamW step counts (any rank's count of a parameter is its count) and
+    // loader positions (this rank's own on the same dp; else rank 0's, re-split by the loader).
+    std::map<std::string, int64_t> steps;
+    std::optional<data::LoaderState> loader;
+    for (int r = 0; r < saved_dp; ++r) {
+      const std::string name = rank_name("rank-", r, ".json");
+      auto it = c.texts.find(name);
+      BVLLM_REQUIRE(it != c.texts.end(), path, ": no ", name, " (trainer.json says the run had dp ", saved_dp, ")");
+      const json j = json::parse(it->second, nullptr, /*allow_exceptions=*/false);
+      BVLLM_REQUIRE(j.is_object() && j.contains("loader") && j.contains("adamw_steps"), path, "/", name,
+                    ": expected an object with loader and adamw_steps");
+      for (const auto& [param, count] : j["adamw_steps"].items()) steps[param] = count.get<int64_t>();
+      if (r == (saved_dp == dp_ ? rank_ : 0))
+        loader = data::LoaderState::from_json(j["loader"].dump(), path + "/" + name);
+    }
+    zero_->load_state(
+        [&](const std::string& name, int64_t start, int64_t length) -> std::optional<Tensor> {
+          if (!parallel::find_global_shape(c, name)) return std::nullopt;
+          return parallel::assemble_flat_range(c, name, start, length, DType::F32);
+        },
+        [&](const std::string& param) {
+          auto it = steps.find(param);
+          return it == steps.end() ? int64_t{0} : it->second;
+        });
+    loader_->restore(*loader);
     if (auto saved = c.texts.find("recipe.pb");
-        saved != c.texts.end() && saved->second != recipes::recipe_to_text(recipe_))
+        saved != c.texts.end() && saved->second != recipes::recipe_to_text(recipe_) && rank_ == 0)
       LOG(WARNING) << "resuming " << path << " with a recipe that differs from the one it was saved with (" << path
                    << "/recipe.pb): the run continues, but is not the run that was stopped";
     BVLLM_REQUIRE(step_ <= total_steps_, path, ": step ", step_, " is past the recipe's ", total_steps_, " steps");
   }
 
   TrainOptions options_;
+  std::unique_ptr<parallel::SelfCommunicator> self_;  // the world of a run without mpirun
+  parallel::Communicator& world_;
+  int rank_ = 0;
+  int64_t dp_ = 1;
+  std::ostream null_console_{nullptr};  // what ranks other than 0 print to
   std::ostream& console_;
   std::string source_;
   recipes::Recipe recipe_;
@@ -433,9 +515,7 @@ class Trainer {
   std::unique_ptr<data::DataLoader> loader_;
   BuiltModel built_;
   std::shared_ptr<layers::BvllmForCausalLM> model_;
-  std::vector<Tensor> params_;
-  std::vector<std::string> names_;
-  std::unique_ptr<optim::AdamW> optimizer_;
+  std::unique_ptr<parallel::ZeroOptimizer> zero_;
   optim::Schedule schedule_;
   Generator gumbel_;
   std::ofstream metrics_;

@@ -14,11 +14,23 @@
 //                       "tokens_per_s", "samples_per_s", "epoch", "kept_frames" (mean selected
 //                       frames left after the temporal merge), "elapsed_s"}
 //   checkpoints/        parallel/checkpoint.h directories: model.safetensors (every parameter),
-//                       optimizer.safetensors (<param>.exp_avg, .exp_avg_sq, .master, .step),
-//                       trainer.json (step, RNG states, loader position), recipe.pb; `latest`
+//                       optimizer-rankNNNNN.safetensors (each rank's slices of <param>.exp_avg,
+//                       .exp_avg_sq and, for half params, .master), trainer.json (step, loss),
+//                       rank-NNNNN.json (that rank's loader position and AdamW step counts),
+//                       recipe.pb; `latest`
 // Resume (--resume) loads the latest checkpoint and continues exactly: the same batches, Gumbel
 // noise, dropout masks and updates as a run that was never stopped (bitwise on the CPU). A run
 // directory that already has checkpoints is refused without --resume, so nothing is overwritten.
+//
+// Many ranks (docs/distributed.md). Under mpirun every rank runs train() with the world
+// communicator: dp = world / (tp x pp) replicas, each reading its own micro-batches (global batch
+// k dp + r, data/loader.h), their gradients reduced by parallel::ZeroOptimizer (parallel.zero_stage
+// 0, 1 or 2). The Gumbel noise and dropout masks of a micro-batch come from generators keyed by
+// its position in the global sample stream, so dp ranks with grad_accum a compute what one
+// process with grad_accum dp x a computes (parity tests: tests/tools/distributed_train_test.cc).
+// Rank 0 writes metrics.jsonl and the console (the loss is the global batch's, tokens/s are summed
+// over ranks); every rank writes its share of a checkpoint (its optimizer shard, its loader
+// position) and rank 0 commits it, so a checkpoint is complete only when every rank's files are.
 //
 // A loss or gradient norm that is NaN or infinite stops the run before the optimizer touches the
 // parameters; the last good checkpoint stays the latest.
@@ -33,6 +45,8 @@
 #include <string>
 #include <vector>
 
+#include "parallel/communicator.h"
+
 namespace bvllm::train {
 
 struct TrainOptions {
@@ -40,11 +54,15 @@ struct TrainOptions {
   std::vector<std::string> overrides;  // --set FIELD.PATH=VALUE, in order
   std::string run_dir;                 // default: runs/<recipe name>
   bool resume = false;                 // continue from RUN_DIR's latest checkpoint
+  // Every rank of the run (mpirun), or null: this process alone. Must outlive train().
+  parallel::Communicator* world = nullptr;
   // Testing: return after this optimizer step (0: run to the end) ...
   int64_t stop_after_step = 0;
-  // ... or SIGKILL the process right after this step's metrics line (0: never), to test resume.
+  // ... or SIGKILL rank kill_rank in the middle of step kill_after_step + 1, after its first
+  // micro-batch's forward (0: never), to test resume and the job's end when a rank dies.
   int64_t kill_after_step = 0;
-  std::ostream* console = nullptr;  // progress lines; default std::cerr
+  int kill_rank = 0;
+  std::ostream* console = nullptr;  // progress lines (rank 0 only); default std::cerr
 };
 
 struct TrainResult {
