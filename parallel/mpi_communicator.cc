@@ -277,11 +277,20 @@ struct MpiCommunicator::State {
   std::string peer_report(int peer);
 };
 
+namespace {
+
+// Before any collective, so that a bad value is refused on every rank alike with nothing to undo.
+void check_options(const CommOptions& options) {
+  BVLLM_REQUIRE(options.timeout.count() > 0, "CommOptions: the timeout must be positive, got ", options.timeout.count(),
+                " ms");
+  BVLLM_REQUIRE(options.max_chunk_elements >= 1 && options.max_chunk_elements <= INT_MAX,
+                "CommOptions: max_chunk_elements must be in [1, ", INT_MAX, "], got ", options.max_chunk_elements);
+}
+
+}  // namespace
+
 MpiCommunicator::State::State(MPI_Comm comm_in, std::string name_in, CommOptions options_in)
     : comm(comm_in), name(std::move(name_in)), options(options_in) {
-  BVLLM_REQUIRE(options.timeout.count() > 0, "communicator '", name, "': the timeout must be positive");
-  BVLLM_REQUIRE(options.max_chunk_elements >= 1 && options.max_chunk_elements <= INT_MAX, "communicator '", name,
-                "': max_chunk_elements must be in [1, ", INT_MAX, "], got ", options.max_chunk_elements);
   MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &size);
@@ -543,6 +552,7 @@ MpiCommunicator::~MpiCommunicator() = default;
 
 std::unique_ptr<MpiCommunicator> MpiCommunicator::world(const CommOptions& options) {
   BVLLM_REQUIRE(mpi_live(), "MpiCommunicator::world: MPI is not initialized (make an MpiSession in main first)");
+  check_options(options);
   MPI_Comm comm = MPI_COMM_NULL;
   const int rc = MPI_Comm_dup(MPI_COMM_WORLD, &comm);
   if (rc != MPI_SUCCESS) throw CommError(str_cat("MPI_Comm_dup of MPI_COMM_WORLD failed: ", mpi_error_string(rc)));

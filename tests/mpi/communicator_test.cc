@@ -564,6 +564,8 @@ TEST_F(Communicators, UsageErrorsNameTheCollectiveAndTheGroup) {
                     world_->split({me, n + 5}, "ghost");
                   }),
                   str_cat("world rank ", n + 5, " is not a member of 'world'")));
+  EXPECT_TRUE(has(error_of([] { MpiCommunicator::world({.max_chunk_elements = 0}); }),
+                  "CommOptions: max_chunk_elements must be in [1, 2147483647], got 0"));
   // Nothing was left pending: the groups still work.
   for (MpiCommunicator* comm : groups()) comm->barrier();
 }
