@@ -15,7 +15,7 @@
 //                       frames left after the temporal merge), "elapsed_s"}
 //   checkpoints/        parallel/checkpoint.h directories: model.safetensors (every parameter),
 //                       optimizer-rankNNNNN.safetensors (each rank's slices of <param>.exp_avg,
-//                       .exp_avg_sq and, for half params, .master), trainer.json (step, loss),
+//                       .exp_avg_sq and, for half params, .master), trainer.json (step, dp),
 //                       rank-NNNNN.json (that rank's loader position and AdamW step counts),
 //                       recipe.pb; `latest`
 // Resume (--resume) loads the latest checkpoint and continues exactly: the same batches, Gumbel
