@@ -2,26 +2,17 @@
 // mode, with buckets small enough that parameters straddle owners and buckets that no rank count
 // divides, gives the parameters that one process with the same global batch gives (runtime AdamW,
 // computed on every rank as the reference), and the per-rank memory falls as 1/dp under ZeRO-2.
-#include "parallel/zero_optimizer.h"
-
 #include <gtest/gtest.h>
 
 #include <memory>
 
 #include "parallel/mpi_communicator.h"
+#include "parallel/zero_optimizer.h"
 #include "tests/support/fixtures.h"
 #include "tests/support/zero_toy.h"
 
 namespace bvllm::parallel {
 namespace {
-
-ZeroOptions options(int stage, GradReduce reduce, int64_t bucket) {
-  ZeroOptions o;
-  o.stage = stage;
-  o.reduce = reduce;
-  o.bucket_elements = bucket;
-  return o;
-}
 
 struct Mode {
   int stage;
@@ -38,7 +29,7 @@ TEST_P(ZeroManyRanks, EqualsOneProcessWithTheGlobalBatch) {
   const int64_t dp = world->size();
   const testing::ZeroToyRun reference = testing::zero_toy_reference(5, mode.accum * dp);
   const testing::ZeroToyRun zero =
-      testing::zero_toy_zero(5, mode.accum, *world, options(mode.stage, mode.reduce, mode.bucket));
+      testing::zero_toy_zero(5, mode.accum, *world, testing::zero_options(mode.stage, mode.reduce, mode.bucket));
   ASSERT_EQ(zero.norms.size(), reference.norms.size());
   for (size_t s = 0; s < zero.norms.size(); ++s)
     EXPECT_NEAR(zero.norms[s], reference.norms[s], 1e-6 * reference.norms[s]);
@@ -56,7 +47,8 @@ INSTANTIATE_TEST_SUITE_P(Modes, ZeroManyRanks,
 // Every replica must end with the same parameters, bit for bit (they are all-gathered copies).
 TEST(ZeroOptimizer, ReplicasAgreeBitwise) {
   std::unique_ptr<MpiCommunicator> world = MpiCommunicator::world();
-  const testing::ZeroToyRun run = testing::zero_toy_zero(3, 2, *world, options(2, GradReduce::PerMicroBatch, 5));
+  const testing::ZeroToyRun run =
+      testing::zero_toy_zero(3, 2, *world, testing::zero_options(2, GradReduce::PerMicroBatch, 5));
   for (const Tensor& p : run.params) {
     Tensor mine = p.contiguous();
     Tensor max = mine.clone(), min = mine.clone();
@@ -75,7 +67,7 @@ TEST(ZeroOptimizer, MemoryFallsAsOneOverDp) {
   testing::ZeroToy m = testing::ZeroToy::make();
   const int64_t total = 35 + 5 + 15 + 3 + 4;
   ZeroOptimizer stage2({{m.decay(), 0.1}, {m.no_decay(), 0.0}}, *world, *world,
-                       options(2, GradReduce::PerMicroBatch, 1 << 20));
+                       testing::zero_options(2, GradReduce::PerMicroBatch, 1 << 20));
   const ZeroMemory two = stage2.memory();
   // Two buckets (one per group), each padded by fewer than dp elements.
   EXPECT_GE(two.owned_elements * dp, total);
@@ -84,7 +76,7 @@ TEST(ZeroOptimizer, MemoryFallsAsOneOverDp) {
   EXPECT_LE(two.state_bytes, two.owned_elements * 8);
   EXPECT_GE(two.state_bytes * dp, (total - 2 * (dp - 1)) * 8);
   ZeroOptimizer stage0({{m.decay(), 0.1}, {m.no_decay(), 0.0}}, *world, *world,
-                       options(0, GradReduce::PerStep, 1 << 20));
+                       testing::zero_options(0, GradReduce::PerStep, 1 << 20));
   const ZeroMemory zero = stage0.memory();
   EXPECT_EQ(zero.state_bytes, total * 8);
   EXPECT_GE(zero.grad_bytes, total * 4);

@@ -22,14 +22,6 @@ namespace {
 
 using testing::ZeroToy;
 
-ZeroOptions options(int stage, GradReduce reduce = GradReduce::PerMicroBatch, int64_t bucket = 1 << 20) {
-  ZeroOptions o;
-  o.stage = stage;
-  o.reduce = reduce;
-  o.bucket_elements = bucket;
-  return o;
-}
-
 struct Mode {
   int stage;
   GradReduce reduce;
@@ -42,7 +34,8 @@ TEST_P(ZeroOneProcess, EqualsAdamW) {
   const Mode mode = GetParam();
   const testing::ZeroToyRun reference = testing::zero_toy_reference(6, 3);
   SelfCommunicator self;
-  const testing::ZeroToyRun zero = testing::zero_toy_zero(6, 3, self, options(mode.stage, mode.reduce, mode.bucket));
+  const testing::ZeroToyRun zero =
+      testing::zero_toy_zero(6, 3, self, testing::zero_options(mode.stage, mode.reduce, mode.bucket));
   ASSERT_EQ(zero.norms.size(), reference.norms.size());
   for (size_t s = 0; s < zero.norms.size(); ++s)
     EXPECT_NEAR(zero.norms[s], reference.norms[s], 1e-12 * reference.norms[s]);
@@ -65,7 +58,8 @@ TEST(ZeroOptimizer, SkipsAParameterWithoutGradientAsTorchDoes) {
   // step it has no gradient on steps 0, 2, 3, 4, and must not move then (no decay, no momentum).
   ZeroToy m = ZeroToy::make();
   SelfCommunicator self;
-  ZeroOptimizer zero({{m.decay(), 0.1}, {m.no_decay(), 0.0}}, self, self, options(2, GradReduce::PerMicroBatch, 5));
+  ZeroOptimizer zero({{m.decay(), 0.1}, {m.no_decay(), 0.0}}, self, self,
+                     testing::zero_options(2, GradReduce::PerMicroBatch, 5));
   std::vector<float> before(4);
   for (int s = 0; s < 4; ++s) {
     std::memcpy(before.data(), m.unused.data<float>(), 16);
@@ -83,7 +77,7 @@ TEST(ZeroOptimizer, SkipsAParameterWithoutGradientAsTorchDoes) {
 TEST(ZeroOptimizer, TakesGradientsOnlyInsideAMicroBatch) {
   ZeroToy m = ZeroToy::make();
   SelfCommunicator self;
-  ZeroOptimizer zero({{m.decay(), 0.1}, {m.no_decay(), 0.0}}, self, self, options(2));
+  ZeroOptimizer zero({{m.decay(), 0.1}, {m.no_decay(), 0.0}}, self, self, testing::zero_options(2));
   m.loss(0).backward();  // outside begin/end: .grad is left for whoever asked
   EXPECT_TRUE(m.w1.grad().defined());
   m.w1.set_grad(Tensor());
@@ -104,13 +98,13 @@ TEST(ZeroOptimizer, ReportsWhatLivesOnTheRank) {
   SelfCommunicator self;
   const int64_t total = 35 + 5 + 15 + 3 + 4;
   ZeroOptimizer per_micro({{m.decay(), 0.1}, {m.no_decay(), 0.0}}, self, self,
-                          options(2, GradReduce::PerMicroBatch, 8));
+                          testing::zero_options(2, GradReduce::PerMicroBatch, 8));
   const ZeroMemory a = per_micro.memory();
   EXPECT_EQ(a.total_elements, total);
   EXPECT_EQ(a.owned_elements, total);  // a group of one owns everything
   EXPECT_EQ(a.state_bytes, 2 * total * 4);
   EXPECT_EQ(a.grad_bytes, total * 4);  // the owned shard only
-  ZeroOptimizer stage0({{m.decay(), 0.1}, {m.no_decay(), 0.0}}, self, self, options(0));
+  ZeroOptimizer stage0({{m.decay(), 0.1}, {m.no_decay(), 0.0}}, self, self, testing::zero_options(0));
   EXPECT_EQ(stage0.memory().grad_bytes, total * 4);  // the full buffer (which is the shard)
 }
 

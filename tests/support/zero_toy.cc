@@ -60,6 +60,14 @@ std::vector<Tensor> snapshot(const ZeroToy& m) {
 
 }  // namespace
 
+parallel::ZeroOptions zero_options(int stage, parallel::GradReduce reduce, int64_t bucket) {
+  parallel::ZeroOptions o;
+  o.stage = stage;
+  o.reduce = reduce;
+  o.bucket_elements = bucket;
+  return o;
+}
+
 ZeroToyRun zero_toy_reference(int steps, int64_t per_step) {
   ZeroToy m = ZeroToy::make();
   std::vector<optim::ParamGroup> groups(2);

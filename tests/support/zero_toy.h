@@ -27,6 +27,10 @@ struct ZeroToy {
   Tensor loss(int64_t index) const;
 };
 
+// ZeroOptions with the stage, reduce mode and bucket size set.
+parallel::ZeroOptions zero_options(int stage, parallel::GradReduce reduce = parallel::GradReduce::PerMicroBatch,
+                                   int64_t bucket = 1 << 20);
+
 // A training run's result: every parameter after the last step, and each step's gradient norm.
 struct ZeroToyRun {
   std::vector<Tensor> params;
