@@ -23,6 +23,7 @@
 #include <omp.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -70,10 +71,12 @@ std::vector<std::string> take_set_flags(int& argc, char** argv) {
 }
 
 
-// How long a collective may wait: the recipe's parallel.comm_timeout_s when it parses (the trainer
-// reports a recipe that does not), else the default.
+// How long a collective may wait: BVLLM_COMM_TIMEOUT_S when set (an operator's override), else the
+// recipe's parallel.comm_timeout_s when it parses (the trainer reports a recipe that does not), else
+// the default.
 bvllm::parallel::CommOptions comm_options(const std::string& recipe, const std::vector<std::string>& sets) {
   bvllm::parallel::CommOptions options;
+  if (std::getenv("BVLLM_COMM_TIMEOUT_S") != nullptr) return options;  // default_comm_timeout() reads it
   try {
     const double seconds = bvllm::recipes::load_recipe(recipe, sets).parallel().comm_timeout_s();
     options.timeout = std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
