@@ -73,6 +73,7 @@ SceneObject static_object(Rng& rng, int cell, Colour colour, const VideoSpec& sp
   const double side = spec.size / 3.0;
   SceneObject o;
   o.colour = colour;
+  o.cell = cell;
   o.shape = static_cast<Shape>(rng.below(kShapes));
   o.extent = spec.size * rng.uniform(0.22, 0.30);
   const double slack = side - o.extent - 2;  // at least one pixel to each cell border
@@ -109,12 +110,18 @@ std::string_view name(Direction direction) {
   return kNames[static_cast<int>(direction)];
 }
 std::string_view name(SceneKind kind) {
-  static constexpr std::string_view kNames[] = {"single", "order", "count"};
+  static constexpr std::string_view kNames[] = {"single", "static", "order", "count"};
   return kNames[static_cast<int>(kind)];
 }
 std::string_view name(QuestionType type) {
-  static constexpr std::string_view kNames[] = {"colour", "shape", "motion", "order", "count"};
+  static constexpr std::string_view kNames[] = {"colour", "shape", "motion", "order", "count", "position"};
   return kNames[static_cast<int>(type)];
+}
+std::string_view cell_name(int cell) {
+  static constexpr std::string_view kNames[] = {"top left", "top",         "top right", "left",        "centre",
+                                                "right",    "bottom left", "bottom",    "bottom right"};
+  CHECK(cell >= 0 && cell < kCells) << "cell " << cell;
+  return kNames[cell];
 }
 std::string_view count_word(int n) {
   static constexpr std::string_view kNames[] = {"one", "two", "three", "four"};
@@ -156,6 +163,11 @@ Scene sample_scene(SceneKind kind, uint64_t seed, const VideoSpec& spec) {
         case Direction::Down: o.x = across, o.y = margin, o.vy = speed; break;
       }
       scene.objects.push_back(o);
+      break;
+    }
+    case SceneKind::Static: {
+      const int cell = rng.below(kCells);
+      scene.objects.push_back(static_object(rng, cell, static_cast<Colour>(rng.below(kColours)), spec));
       break;
     }
     case SceneKind::Order: {
@@ -206,6 +218,7 @@ std::string caption(const Scene& scene) {
   const std::vector<SceneObject>& objects = scene.objects;
   switch (scene.kind) {
     case SceneKind::Single: return str_cat(object_phrase(objects[0]), " moves ", name(scene.direction), ".");
+    case SceneKind::Static: return str_cat(object_phrase(objects[0]), " at the ", cell_name(objects[0].cell), ".");
     case SceneKind::Order: return str_cat(object_phrase(objects[0]), " appears, then ", object_phrase(objects[1]), ".");
     case SceneKind::Count: {
       const int count = static_cast<int>(objects.size());
@@ -227,6 +240,8 @@ std::vector<Question> questions(const Scene& scene) {
       return {{QuestionType::Colour, "What colour is the object?", std::string(name(objects[0].colour))},
               {QuestionType::Shape, "What shape is the object?", std::string(name(objects[0].shape))},
               {QuestionType::Motion, "Which direction does the object move?", std::string(name(scene.direction))}};
+    case SceneKind::Static:
+      return {{QuestionType::Position, "Where is the object?", std::string(cell_name(objects[0].cell))}};
     case SceneKind::Order: {
       const std::string_view first = name(objects[0].colour), second = name(objects[1].colour);
       const std::string_view a = scene.first_mentioned_first ? first : second;
@@ -248,10 +263,11 @@ namespace {
 // shape in every slot. Only the texts matter, so the geometry is left empty.
 std::vector<Scene> covering_scenes() {
   std::vector<Scene> scenes;
-  auto object = [](int colour, int shape) {
+  auto object = [](int colour, int shape, int cell = -1) {
     SceneObject o;
     o.colour = static_cast<Colour>(colour % kColours);
     o.shape = static_cast<Shape>(shape % kShapes);
+    o.cell = cell;
     return o;
   };
   for (int c = 0; c < kColours; ++c)
@@ -261,6 +277,14 @@ std::vector<Scene> covering_scenes() {
         scene.kind = SceneKind::Single;
         scene.objects = {object(c, s)};
         scene.direction = static_cast<Direction>(d);
+        scenes.push_back(scene);
+      }
+  for (int c = 0; c < kColours; ++c)
+    for (int s = 0; s < kShapes; ++s)
+      for (int cell = 0; cell < kCells; ++cell) {
+        Scene scene;
+        scene.kind = SceneKind::Static;
+        scene.objects = {object(c, s, cell)};
         scenes.push_back(scene);
       }
   for (int c1 = 0; c1 < kColours; ++c1)
@@ -403,7 +427,8 @@ SynthSummary write_synthetic_dataset(const SynthOptions& options, const SynthPro
       Video& video = videos.emplace_back();
       video.id = make_id(is_test ? "test" : "train", i);
       video.test = is_test;
-      video.scene = sample_scene(static_cast<SceneKind>(i % 3), video_seed(options.seed, video.id), options.video);
+      video.scene =
+          sample_scene(static_cast<SceneKind>(i % kSceneKinds), video_seed(options.seed, video.id), options.video);
       const std::string path = "videos/" + video.id + ".mp4";
       if (!is_test) {
         stage1.push_back(record(video.id, path, std::string(kCaptionPrompt), caption(video.scene)));

@@ -38,23 +38,28 @@ namespace bvllm::data::synth {
 enum class Colour : uint8_t { Red, Green, Blue, Yellow, White, Purple };
 enum class Shape : uint8_t { Circle, Square, Triangle };
 enum class Direction : uint8_t { Left, Right, Up, Down };
-enum class SceneKind : uint8_t { Single, Order, Count };
-enum class QuestionType : uint8_t { Colour, Shape, Motion, Order, Count };
+enum class SceneKind : uint8_t { Single, Static, Order, Count };
+enum class QuestionType : uint8_t { Colour, Shape, Motion, Order, Count, Position };
 
 inline constexpr int kColours = 6;
 inline constexpr int kShapes = 3;
 inline constexpr int kDirections = 4;
-inline constexpr int kQuestionTypes = 5;
+inline constexpr int kSceneKinds = 4;
+inline constexpr int kQuestionTypes = 6;
 inline constexpr int kMaxCount = 4;
 
 // The names used in texts and in test.json's "type": "red", "circle", "left", "colour", ...
 std::string_view name(Colour colour);
 std::string_view name(Shape shape);
 std::string_view name(Direction direction);
-std::string_view name(SceneKind kind);  // "single", "order", "count"
+std::string_view name(SceneKind kind);  // "single", "static", "order", "count"
 std::string_view name(QuestionType type);
 // "one" .. "four".
 std::string_view count_word(int n);
+// The cells of the 3x3 grid that static objects sit in, in reading order: "top left", "top",
+// "top right", "left", "centre", "right", "bottom left", "bottom", "bottom right".
+std::string_view cell_name(int cell);
+inline constexpr int kCells = 9;
 
 std::array<uint8_t, 3> rgb(Colour colour);
 inline constexpr std::array<uint8_t, 3> kBackground = {40, 40, 40};
@@ -73,12 +78,13 @@ struct SceneObject {
   double x = 0, y = 0;    // centre at t = 0, pixels from the top-left corner (x right, y down)
   double vx = 0, vy = 0;  // pixels per second
   double appear_s = 0;    // hidden before this time
+  int cell = -1;          // a static object's grid cell (cell_name); -1 for the moving one
 };
 
 struct Scene {
   SceneKind kind = SceneKind::Single;
-  // Single: the moving object. Order: the first to appear, then the second. Count: 1-4 objects in
-  // reading order (top row first, left to right).
+  // Single: the moving object. Static: one object that stays in its cell. Order: the first to
+  // appear, then the second. Count: 1-4 objects in reading order (top row first, left to right).
   std::vector<SceneObject> objects{};
   Direction direction = Direction::Left;  // Single only
   bool first_mentioned_first = true;      // Order: "the <first> one or the <second> one?"
@@ -93,7 +99,8 @@ Scene sample_scene(SceneKind kind, uint64_t seed, const VideoSpec& spec);
 // a square of side 0.85 extent, or an upward triangle of base and height = extent.
 void draw_frame(const Scene& scene, const VideoSpec& spec, int64_t index, std::span<uint8_t> rgb);
 
-// Stage-1 caption: "a red circle moves left." / "a red square appears, then a blue circle." /
+// Stage-1 caption: "a red circle moves left." / "a red circle at the top left." /
+// "a red square appears, then a blue circle." /
 // "three objects: a red circle, a blue square and a green triangle."
 std::string caption(const Scene& scene);
 
@@ -105,7 +112,7 @@ struct Question {
   std::string answer{};  // "red"
 };
 
-// Single: colour, shape and motion; Order: order; Count: count.
+// Single: colour, shape and motion; Static: position; Order: order; Count: count.
 std::vector<Question> questions(const Scene& scene);
 
 // Every text the dataset can hold, covering all words in every position they can take: the

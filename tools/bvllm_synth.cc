@@ -24,7 +24,7 @@
 #include "runtime/error.h"
 
 DEFINE_string(out, "", "output directory (created if missing; files of an earlier run are overwritten)");
-DEFINE_int64(train, 1000, "training videos (each scene kind a third: single, order, count)");
+DEFINE_int64(train, 1000, "training videos (each scene kind a quarter: single, static, order, count)");
 DEFINE_int64(test, 200, "held-out videos for test.json");
 DEFINE_uint64(seed, 0, "dataset seed: the same seed gives the same scenes, texts and videos");
 DEFINE_int32(size, 96, "frame width and height in pixels (even, >= 32)");

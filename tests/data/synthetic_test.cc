@@ -4,8 +4,8 @@
 //     each frame's objects are found as connected regions that differ from the background, their
 //     colour named by rules written here from the colour words ("red": high R, low G and B, ...),
 //     their shape by how much of the bounding box they fill (square ~1, disc ~pi/4, triangle ~1/2,
-//     apex up), motion by the centroid's path, order by the frame each colour first shows in,
-//     count by the number of regions;
+//     apex up), motion by the centroid's path, position by the cell the centroid is in, order by
+//     the frame each colour first shows in, count by the number of regions;
 //   - the manifests by data/manifest.h's reader and the loader's text path (data/conversation.h):
 //     every word of every text one token of tokenizer.json, every question word known to
 //     bert_vocab.txt;
@@ -41,7 +41,7 @@ namespace {
 namespace fs = std::filesystem;
 using testing::error_of;
 
-constexpr int64_t kTrain = 30, kTest = 30;
+constexpr int64_t kTrain = 32, kTest = 32;  // 8 videos of each of the 4 scene kinds
 
 std::string read_bytes(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -203,6 +203,18 @@ Observed observe(const fs::path& path) {
   return o;
 }
 
+// Where a region's centroid is in the 3x3 grid of a 96-px frame, named as the texts name it
+// (written here from the words' meaning, not from the generator's table).
+std::string cell_word(const Region& r) {
+  const int col = std::clamp(static_cast<int>(r.cx / 32), 0, 2), row = std::clamp(static_cast<int>(r.cy / 32), 0, 2);
+  const char* rows[] = {"top", "", "bottom"};
+  const char* cols[] = {"left", "", "right"};
+  if (row == 1 && col == 1) return "centre";
+  if (row == 1) return cols[col];
+  if (col == 1) return rows[row];
+  return std::string(rows[row]) + " " + cols[col];
+}
+
 std::string direction_word(const Region& from, const Region& to) {
   const double dx = to.cx - from.cx, dy = to.cy - from.cy;
   if (std::abs(dx) > std::abs(dy)) return dx < 0 ? "left" : "right";
@@ -225,7 +237,7 @@ std::string question_of(const nlohmann::json& record) {
 TEST(Synthetic, AnswersMatchTheDecodedVideos) {
   const Datasets& d = Datasets::get();
   const nlohmann::json test = read_json(d.a / "test.json");
-  ASSERT_EQ(test.size(), static_cast<size_t>(kTest / 3 * 5));  // 3 questions of a single video, 1 of the others
+  ASSERT_EQ(test.size(), static_cast<size_t>(kTest / 4 * 6));  // 3 questions of a single video, 1 of the others
   std::map<std::string, Observed> seen;
   for (const nlohmann::json& r : test) {
     const std::string video = r["video"], type = r["type"], answer = r["answer"];
@@ -265,6 +277,12 @@ TEST(Synthetic, AnswersMatchTheDecodedVideos) {
       EXPECT_LE(o.first_seen.at(answer), 18);
       EXPECT_GE(o.first_seen.at(other), 30);
       EXPECT_LE(o.first_seen.at(other), 34);
+    } else if (type == "position") {
+      EXPECT_EQ(question_of(r), "Where is the object?");
+      ASSERT_EQ(o.first.size(), 1u);
+      ASSERT_EQ(o.last.size(), 1u);
+      EXPECT_EQ(cell_word(o.first[0]), answer);
+      EXPECT_LT(std::hypot(o.last[0].cx - o.first[0].cx, o.last[0].cy - o.first[0].cy), 1.0) << "it stays";
     } else if (type == "count") {
       EXPECT_EQ(question_of(r), "How many objects are there?");
       ASSERT_GE(o.last.size(), 1u);
@@ -282,11 +300,12 @@ TEST(Synthetic, CaptionsMatchTheDecodedVideos) {
   const nlohmann::json stage1 = read_json(d.a / "stage1.json");
   ASSERT_EQ(stage1.size(), static_cast<size_t>(kTrain));
   const std::regex single("a (\\w+) (\\w+) moves (\\w+)\\.");
+  const std::regex placed("a (\\w+) (\\w+) at the ([a-z ]+)\\.");
   const std::regex order("a (\\w+) (\\w+) appears, then a (\\w+) (\\w+)\\.");
   const std::regex count_head("(\\w+) objects?: (.*)\\.");
   const std::regex phrase("a (\\w+) (\\w+)");
   std::map<std::string, int> kinds;
-  for (size_t i = 0; i < 12; ++i) {  // the first 12 train videos (4 of each kind)
+  for (size_t i = 0; i < 16; ++i) {  // the first 16 train videos (4 of each kind)
     const nlohmann::json& r = stage1[i];
     SCOPED_TRACE(r.dump());
     EXPECT_EQ(question_of(r), "Describe the video.");
@@ -299,6 +318,12 @@ TEST(Synthetic, CaptionsMatchTheDecodedVideos) {
       EXPECT_EQ(o.first[0].colour, m[1]);
       EXPECT_EQ(o.first[0].shape, m[2]);
       EXPECT_EQ(direction_word(o.first[0], o.last[0]), m[3]);
+    } else if (std::regex_match(caption, m, placed)) {
+      ++kinds["static"];
+      ASSERT_EQ(o.first.size(), 1u);
+      EXPECT_EQ(o.first[0].colour, m[1]);
+      EXPECT_EQ(o.first[0].shape, m[2]);
+      EXPECT_EQ(cell_word(o.first[0]), m[3]);
     } else if (std::regex_match(caption, m, order)) {
       ++kinds["order"];
       ASSERT_EQ(o.last.size(), 2u);
@@ -320,7 +345,7 @@ TEST(Synthetic, CaptionsMatchTheDecodedVideos) {
       ADD_FAILURE() << "caption of no known form: " << caption;
     }
   }
-  EXPECT_EQ(kinds, (std::map<std::string, int>{{"count", 4}, {"order", 4}, {"single", 4}}));
+  EXPECT_EQ(kinds, (std::map<std::string, int>{{"count", 4}, {"order", 4}, {"single", 4}, {"static", 4}}));
 }
 
 TEST(Synthetic, ManifestsReadAndQuestionTypesAreBalanced) {
@@ -329,8 +354,8 @@ TEST(Synthetic, ManifestsReadAndQuestionTypesAreBalanced) {
   const std::vector<ManifestEntry> stage2 = read_manifest((d.a / "stage2.json").string());
   const std::vector<ManifestEntry> test = read_manifest((d.a / "test.json").string());
   EXPECT_EQ(stage1.size(), static_cast<size_t>(kTrain));
-  EXPECT_EQ(stage2.size(), static_cast<size_t>(kTrain / 3 * 5));  // 3 + 1 + 1 questions per 3 videos
-  EXPECT_EQ(test.size(), static_cast<size_t>(kTest / 3 * 5));
+  EXPECT_EQ(stage2.size(), static_cast<size_t>(kTrain / 4 * 6));  // 3 + 1 + 1 + 1 questions per 4 videos
+  EXPECT_EQ(test.size(), static_cast<size_t>(kTest / 4 * 6));
   std::set<std::string> ids;
   for (const auto* entries : {&stage1, &stage2, &test})
     for (const ManifestEntry& e : *entries) {
@@ -352,11 +377,12 @@ TEST(Synthetic, ManifestsReadAndQuestionTypesAreBalanced) {
       ++per_type[id.substr(id.rfind('-') + 1)];
     }
     const int64_t videos = std::string(file) == "test.json" ? kTest : kTrain;
-    EXPECT_EQ(per_type, (std::map<std::string, int64_t>{{"colour", videos / 3},
-                                                        {"count", videos / 3},
-                                                        {"motion", videos / 3},
-                                                        {"order", videos / 3},
-                                                        {"shape", videos / 3}}))
+    EXPECT_EQ(per_type, (std::map<std::string, int64_t>{{"colour", videos / 4},
+                                                        {"count", videos / 4},
+                                                        {"motion", videos / 4},
+                                                        {"order", videos / 4},
+                                                        {"position", videos / 4},
+                                                        {"shape", videos / 4}}))
         << file;
     EXPECT_EQ(per_type, std::string(file) == "test.json" ? d.summary_a.test_questions : d.summary_a.train_questions);
   }
@@ -364,7 +390,7 @@ TEST(Synthetic, ManifestsReadAndQuestionTypesAreBalanced) {
   EXPECT_EQ(d.progress_calls, kTrain + kTest);
   EXPECT_EQ(d.progress_last, kTrain + kTest);
   EXPECT_CONTAINS(read_bytes(d.a / "README.txt"),
-                  "stage2.json questions: colour 10 shape 10 motion 10 order 10 count 10");
+                  "stage2.json questions: colour 8 shape 8 motion 8 order 8 count 8 position 8");
 }
 
 TEST(Synthetic, TrainAndTestVideosAreDisjoint) {
@@ -442,10 +468,10 @@ TEST(Synthetic, EveryWordIsOneTokenOnTheLoadersTextPath) {
         // "\n" You are a helpful assistant . <|im_end|> "\n": 11), <|im_start|> user "\n" <video>
         // "\n" question <|im_end|> "\n" <|im_start|> assistant "\n" answer <|im_end|> "\n".
         const size_t want = stage == 1 ? 2 + words_and_marks(question) + words_and_marks(answer)
-                                       : 11 + 5 + words_and_marks(question) + 8;
+                                       : 11 + 5 + words_and_marks(question) + 7 + words_and_marks(answer);
         EXPECT_EQ(text.ids.size(), want) << e.id << ": " << question << " / " << answer;
         if (stage == 2) {
-          EXPECT_EQ(tokenizer.encode(answer).size(), 1u) << answer;
+          EXPECT_EQ(tokenizer.encode(answer).size(), words_and_marks(answer)) << answer;  // "top left": 2
         }
         // The Q-Formers' question: no word unknown to the BERT vocab.
         EXPECT_EQ(text.question, question);
@@ -460,7 +486,7 @@ TEST(Synthetic, EveryWordIsOneTokenOnTheLoadersTextPath) {
 TEST(Synthetic, ScenesFitTheFrame) {
   const VideoSpec spec;
   for (uint64_t seed = 0; seed < 300; ++seed)
-    for (const SceneKind kind : {SceneKind::Single, SceneKind::Order, SceneKind::Count}) {
+    for (const SceneKind kind : {SceneKind::Single, SceneKind::Static, SceneKind::Order, SceneKind::Count}) {
       const Scene scene = sample_scene(kind, seed, spec);
       SCOPED_TRACE(caption(scene));
       const double last_s = (spec.frames() - 1.0) / spec.fps;
