@@ -26,7 +26,11 @@ model {
   }
   tokenizer: "runs/synth/tokenizer.json"
   # A small EVA (random, frozen, as the real one is frozen): 64 px frames, 4x4 patches of 16 px.
-  vision { image_size: 64 patch_size: 16 width: 64 depth: 1 num_heads: 4 }
+  # Its position table is MAE's 2-D sin-cos instead of a random one: a random EVA has no trained
+  # sense of where a patch is, and with a random table "where" (position, motion) is near
+  # invisible to the Q-Formers (docs/main_job.md). The Q-Formers start wider (init_std 0.1, BERT's
+  # 0.02) so their cross-attention is not uniform from the start.
+  vision { image_size: 64 patch_size: 16 width: 64 depth: 1 num_heads: 4 sincos_position_init: true }
   qformer {
     hidden_size: 64
     num_layers: 2
@@ -34,6 +38,7 @@ model {
     intermediate_size: 128
     cross_attention_freq: 1
     bert_vocab: "runs/synth/bert_vocab.txt"
+    init_std: 0.1
   }
   temporal_queries: 4        # L*: 4 of the 8 frames
   spatial_queries: 8         # tokens per kept frame
@@ -66,4 +71,4 @@ data {
 checkpoint { every_steps: 100 }
 logging { every_steps: 50 }
 seed: 42
-epochs: 10
+epochs: 2.5

@@ -1,7 +1,7 @@
 # Stage 2 of the main job: instruction tuning of the tiny B-VLLM on bvllm_synth's questions, as
 # recipes/stage2.pb does at paper scale: every stage-1 weight loaded, LoRA on every LLM linear,
 # both Q-Formers and the projectors trained, EVA frozen. The lr is higher than the paper's 1e-4
-# (a tiny model, a few hundred steps).
+# (a tiny model, a few thousand steps).
 #
 #   build/bin/bvllm_prep --manifest runs/synth/stage2.json --media_root runs/synth --out runs/shards/stage2 --frame_size 96
 #   build/bin/bvllm_train recipes/tiny_stage2.pb
@@ -21,7 +21,7 @@ model {
     tie_word_embeddings: true
   }
   tokenizer: "runs/synth/tokenizer.json"
-  vision { image_size: 64 patch_size: 16 width: 64 depth: 1 num_heads: 4 }
+  vision { image_size: 64 patch_size: 16 width: 64 depth: 1 num_heads: 4 sincos_position_init: true }
   qformer {
     hidden_size: 64
     num_layers: 2
@@ -29,6 +29,7 @@ model {
     intermediate_size: 128
     cross_attention_freq: 1
     bert_vocab: "runs/synth/bert_vocab.txt"
+    init_std: 0.1
   }
   temporal_queries: 4
   spatial_queries: 8
@@ -70,4 +71,4 @@ checkpoint {
 }
 logging { every_steps: 50 }
 seed: 42
-epochs: 4
+epochs: 3

@@ -21,7 +21,7 @@ cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
 RUNS=${BVLLM_RUNS:-runs}
 BIN=${BVLLM_BIN:-build/bin}
-TRAIN_VIDEOS=${BVLLM_TRAIN_VIDEOS:-1200}
+TRAIN_VIDEOS=${BVLLM_TRAIN_VIDEOS:-4800}
 TEST_VIDEOS=${BVLLM_TEST_VIDEOS:-240}
 FRAME_SIZE=96
 # One thread: the tiny model's ops are too small to gain from a second one, and OpenMP threads
