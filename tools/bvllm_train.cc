@@ -70,7 +70,6 @@ std::vector<std::string> take_set_flags(int& argc, char** argv) {
   return sets;
 }
 
-
 // How long a collective may wait: BVLLM_COMM_TIMEOUT_S when set (an operator's override), else the
 // recipe's parallel.comm_timeout_s when it parses (the trainer reports a recipe that does not), else
 // the default.
