@@ -189,12 +189,12 @@ void ZeroOptimizer::on_grad_ready(size_t index, Tensor& leaf) {
   s.ready = true;
   s.present = true;
   b.ready += 1;
-  mark_ready(b);
+  launch_complete_buckets();
   progress();
 }
 
 // Launches, in bucket order, every bucket that is complete.
-void ZeroOptimizer::mark_ready(Bucket&) {
+void ZeroOptimizer::launch_complete_buckets() {
   while (next_launch_ < buckets_.size() && buckets_[next_launch_].ready == buckets_[next_launch_].slots.size()) {
     launch(buckets_[next_launch_]);
     ++next_launch_;

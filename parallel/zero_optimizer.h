@@ -127,7 +127,7 @@ class ZeroOptimizer {
   struct Shared;
 
   void on_grad_ready(size_t slot, Tensor& leaf);
-  void mark_ready(Bucket& b);
+  void launch_complete_buckets();
   void launch(Bucket& b);
   void complete(Bucket& b);
   void progress();
