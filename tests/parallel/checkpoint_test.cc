@@ -71,6 +71,19 @@ std::string tensor_bytes(const Tensor& t) {
   return s;
 }
 
+// The same names in the same order, each a CPU tensor with the expected dtype, shape and bytes.
+void expect_same_tensors(const NamedTensors& got, const NamedTensors& expected) {
+  ASSERT_EQ(got.size(), expected.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    SCOPED_TRACE(expected[i].first);
+    EXPECT_EQ(got[i].first, expected[i].first);
+    EXPECT_EQ(got[i].second.dtype(), expected[i].second.dtype());
+    EXPECT_EQ(got[i].second.shape(), expected[i].second.shape());
+    EXPECT_TRUE(got[i].second.device().is_cpu());
+    EXPECT_EQ(tensor_bytes(got[i].second), tensor_bytes(expected[i].second));
+  }
+}
+
 // The entries of `dir` whose names start with `prefix`.
 std::vector<std::string> entries_with_prefix(const fs::path& dir, const std::string& prefix) {
   std::vector<std::string> out;
@@ -154,15 +167,7 @@ TEST_F(CheckpointDir, RoundTripsF32Bf16I64TensorsAndTexts) {
     for (const auto& [stem, expected] : c.tensors) {
       SCOPED_TRACE(stem);
       const NamedTensors& got = back.tensors.at(stem);
-      ASSERT_EQ(got.size(), expected.size());
-      for (size_t i = 0; i < got.size(); ++i) {
-        SCOPED_TRACE(expected[i].first);
-        EXPECT_EQ(got[i].first, expected[i].first);
-        EXPECT_EQ(got[i].second.dtype(), expected[i].second.dtype());
-        EXPECT_EQ(got[i].second.shape(), expected[i].second.shape());
-        EXPECT_TRUE(got[i].second.device().is_cpu());
-        EXPECT_EQ(tensor_bytes(got[i].second), tensor_bytes(expected[i].second));
-      }
+      expect_same_tensors(got, expected);
     }
     EXPECT_EQ(back.tensors.at("model").at(4).second.to_vector<float>(), (std::vector<float>{0, 3, 1, 4, 2, 5}));
     EXPECT_EQ(back.tensors.at("optimizer").at(1).second.to_vector<int64_t>(),
@@ -761,14 +766,7 @@ void expect_parts_back(const Checkpoint& back, int dp, int64_t step, const std::
       stems.insert(stem);
       ASSERT_TRUE(back.tensors.count(stem));
       const NamedTensors& got = back.tensors.at(stem);
-      ASSERT_EQ(got.size(), expected.size());
-      for (size_t i = 0; i < got.size(); ++i) {
-        SCOPED_TRACE(expected[i].first);
-        EXPECT_EQ(got[i].first, expected[i].first);
-        EXPECT_EQ(got[i].second.dtype(), expected[i].second.dtype());
-        EXPECT_EQ(got[i].second.shape(), expected[i].second.shape());
-        EXPECT_EQ(tensor_bytes(got[i].second), tensor_bytes(expected[i].second));
-      }
+      expect_same_tensors(got, expected);
       auto slices = part.slices.find(stem);
       if (slices == part.slices.end()) {
         EXPECT_EQ(back.slices.count(stem), 0u);
